@@ -1,0 +1,181 @@
+"""The sacred experiment: every configuration key with its official default, and the named configs.
+
+Keys marked "official, unused" exist in the official code but change nothing there; they are kept so
+that official command lines and hparams files keep working. Keys marked "mdpl:" are ours; each
+defaults to the official behaviour unless its comment says otherwise.
+"""
+
+import warnings
+
+# sacred 0.8.7 imports pkg_resources, which setuptools<81 still ships but warns about.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+from sacred import SETTINGS, Experiment  # noqa: E402
+
+# sacred inspects git (and fails in a repository with no commit) unless told not to.
+SETTINGS.DISCOVER_SOURCES = "none"
+SETTINGS.DISCOVER_DEPENDENCIES = "none"
+SETTINGS.CAPTURE_MODE = "no"
+
+ex = Experiment("mdpl", save_git_info=False)
+
+
+def _loss_names(d: dict) -> dict:
+    names = dict.fromkeys(
+        ["itm", "mlm", "mpp", "mppd", "vqa", "nlvr2", "irtr", "mmimdb", "hatememes", "food101"], 0
+    )
+    names.update(d)
+    return names
+
+
+@ex.config
+def config():
+    # --- run
+    exp_name = "src"
+    seed = 42
+    datasets = ["coco", "vg", "sbu", "gcc"]  # override with a task's named config
+    loss_names = _loss_names({"itm": 1, "mlm": 1})
+    batch_size = 4096  # the effective batch: gradients are accumulated up to it
+
+    # --- evaluation
+    test_ratio = None  # if set, replaces missing_ratio for val and test
+    test_type = None  # if set, replaces missing_type for val and test
+    test_exp_name = None  # if set, evaluation appends a records line (see README)
+
+    # --- missing modalities
+    fix_model = True  # official, unused: the backbone is always frozen
+    missing_ratio = {"train": 0.7, "val": 0.7, "test": 0.7}
+    missing_type = {"train": "image", "val": "image", "test": "image"}  # text | image | both
+    both_ratio = 0.5  # share of the missing samples that lose the image when missing_type is "both"
+    missing_table_root = "./datasets/missing_tables/"
+    simulate_missing = False
+    table_draw = "official"  # mdpl: "official" = global random.sample after seeding; "seeded" = own generator
+    mmimdb_one_plot = False  # mdpl: True keeps one plot (the first) per movie instead of one sample per plot
+
+    # --- prompts
+    prompt_method = "mdpl"  # mdpl: "mdpl", "map" (missing-aware prompts) or "none" (plain frozen ViLT)
+    prompt_type = "input"  # "input": classify from the text [CLS]; MAP also has "attention"
+    learnt_p = True  # MAP: trainable prompts; official MDPL reads it but ignores it
+    multi_layer_prompt = True  # MAP: one prompt per prompt layer; official MDPL ignores it
+    gen_prompt_length = 16
+    gen_prompt_layers = [0, 1, 2, 3, 4, 5]
+    shared_prompt_length = 16
+    shared_prompt_layers = [0, 1, 2, 3, 4, 5]
+    mem_size = 16
+    top_k = 5
+    bottleneck_dim = 8  # official, unused: the real bottleneck width is hidden_size // 16
+    prompt_length = 16  # mdpl: MAP prompt length
+    prompt_layers = [0, 1, 2, 3, 4, 5]  # mdpl: MAP prompt layers
+    masked_query = False  # mdpl: max-pool the memory queries over real tokens only (official: over pads too)
+    fp32_similarity = False  # mdpl: memory similarities in fp32 under autocast (official: fp16 top-k)
+    trim_text = False  # mdpl: cut each batch's text to its longest; needs masked_query to keep results
+
+    # --- image
+    train_transform_keys = ["pixelbert"]
+    val_transform_keys = ["pixelbert"]
+    image_size = 384
+    max_image_len = -1
+    patch_size = 32
+    draw_false_image = 1  # official, unused here (no ITM)
+    image_only = False
+    patch_order = "random"  # mdpl: "random" (official random permutation) or "fixed" (row-major, reproducible)
+
+    # --- text
+    vqav2_label_size = 3129  # official, unused
+    max_text_len = 40
+    tokenizer = "bert-base-uncased"  # the bundled vocabulary, or a local Hugging Face tokenizer folder
+    vocab_size = 30522
+    whole_word_masking = False
+    mlm_prob = 0.15
+    draw_false_text = 0
+
+    # --- transformer
+    vit = "vit_base_patch32_384"
+    hidden_size = 768
+    num_heads = 12
+    num_layers = 12
+    mlp_ratio = 4
+    drop_rate = 0.1
+    vit_weights = ""  # mdpl: timm ViT state dict used when load_path is "" (official: timm's ImageNet download)
+
+    # --- optimiser
+    optim_type = "adamw"  # adamw | adam | sgd
+    learning_rate = 1e-4
+    weight_decay = 0.01
+    decay_power = 1  # a number for polynomial decay, or "cosine"
+    max_epoch = 100
+    max_steps = 25000  # None: derived from the loader length
+    warmup_steps = 2500  # int: steps; float: fraction of max_steps
+    end_lr = 0
+    lr_mult = 1  # learning-rate multiplier for the heads
+
+    # --- heads
+    get_recall_metric = False
+    mmimdb_class_num = 23
+    hatememes_class_num = 2
+    food101_class_num = 101
+
+    # --- trainer
+    resume_from = None
+    fast_dev_run = False
+    val_check_interval = 1.0
+    test_only = False
+    finetune_first = False
+    data_root = ""
+    log_dir = "result"
+    per_gpu_batchsize = 0  # must be set
+    num_gpus = 1  # 0 runs on the CPU
+    num_nodes = 1
+    load_path = ""
+    num_workers = 8
+    precision = 16
+    records_root = "./records"  # mdpl: where test_exp_name records go (official: ./records)
+
+    # --- sweep (the `sweep` command)
+    sweep_paths = []  # mdpl: checkpoints to evaluate; empty means [load_path]
+    sweep_types = ["text", "image", "both"]  # mdpl
+    sweep_ratios = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # mdpl
+
+
+def _finetune(exp_name: str, datasets: list, task: str, lr: float, val_check: float, text_len: int) -> dict:
+    return dict(
+        exp_name=exp_name,
+        datasets=datasets,
+        loss_names=_loss_names({task: 1}),
+        batch_size=256,
+        max_epoch=20,
+        max_steps=None,
+        warmup_steps=0.1,
+        draw_false_image=0,
+        learning_rate=lr,
+        val_check_interval=val_check,
+        weight_decay=2e-2,
+        max_text_len=text_len,
+    )
+
+
+ex.add_named_config(
+    "task_finetune_mmimdb", _finetune("finetune_mmimdb_both", ["mmimdb"], "mmimdb", 5e-3, 0.2, 1024)
+)
+ex.add_named_config(
+    "task_finetune_food101", _finetune("finetune_food101_both111", ["Food101"], "food101", 5e-3, 0.2, 512)
+)
+ex.add_named_config(
+    "task_finetune_hatememes", _finetune("finetune_hatememes", ["Hatefull_Memes"], "hatememes", 1e-3, 0.11, 128)
+)
+
+
+# MAP baseline (REFERENCE §11): the task's settings with MAP's published lr 1e-2, seed 0 and missing type
+# "both" for train/val/test. (Plain frozen ViLT: the MDPL task config with prompt_method=none.)
+def _map(exp_name: str, datasets: list, task: str, val_check: float, text_len: int) -> dict:
+    both = {"train": "both", "val": "both", "test": "both"}
+    return dict(
+        _finetune(exp_name, datasets, task, 1e-2, val_check, text_len), seed=0, missing_type=both, prompt_method="map"
+    )
+
+
+ex.add_named_config("task_finetune_mmimdb_map", _map("map_finetune_mmimdb", ["mmimdb"], "mmimdb", 0.2, 1024))
+ex.add_named_config("task_finetune_food101_map", _map("map_finetune_food101", ["Food101"], "food101", 0.2, 512))
+ex.add_named_config(
+    "task_finetune_hatememes_map", _map("map_finetune_hatememes", ["Hatefull_Memes"], "hatememes", 0.11, 128)
+)

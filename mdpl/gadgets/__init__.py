@@ -1,0 +1,1 @@
+"""Training utilities: epoch metrics (REFERENCE §8)."""

@@ -1,0 +1,140 @@
+"""Epoch metrics of REFERENCE §8 as torchmetrics Metrics, so DDP processes sync their counts.
+
+Official semantics kept: accuracy is argmax against labels (-100 ignored); AUROC is the macro mean of
+the one-vs-rest AUCs on softmax probabilities; F1 thresholds sigmoid(logits) at 0.5, macro skips
+classes with TP+FP+FN = 0, samples gives 0 to a sample without true positives, and 0/0 is 0.
+The class count comes from the config (the official code hard-codes 23).
+"""
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, Metric
+from torchmetrics.classification import MulticlassAUROC
+
+TASKS = ("mmimdb", "food101", "hatememes")
+# the metric that picks the best checkpoint (val/the_metric, higher is better)
+THE_METRIC = {"mmimdb": "f1_macro", "food101": "accuracy", "hatememes": "auroc"}
+
+
+class Accuracy(Metric):
+    """Share of argmax(logits) == label over labels != -100."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        keep = labels != -100
+        self.correct += (logits.argmax(-1)[keep] == labels[keep]).sum()
+        self.total += keep.sum()
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total.clamp(min=1)
+
+
+class AUROC(MulticlassAUROC):
+    """Macro one-vs-rest AUROC on softmax(logits) (for two classes, about the binary AUROC of p1)."""
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        super().update(logits.float().softmax(-1), labels)
+
+
+class MultilabelF1(Metric):
+    """F1 micro, macro, samples and weighted for multi-hot labels; compute() returns all four."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        for name in ("tp", "fp", "fn"):
+            self.add_state(name, torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("sample_f1", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("samples", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:
+        pred = logits.sigmoid() >= 0.5  # in the logits' dtype, as the official fp16 metrics saw them
+        true = labels > 0.5
+        tp, fp, fn = pred & true, pred & ~true, ~pred & true
+        self.tp += tp.sum(0)
+        self.fp += fp.sum(0)
+        self.fn += fn.sum(0)
+        self.sample_f1 += _f1(tp.sum(1), fp.sum(1), fn.sum(1)).sum()
+        self.samples += labels.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        f1 = _f1(self.tp, self.fp, self.fn)
+        present = (self.tp + self.fp + self.fn) > 0
+        support = (self.tp + self.fn).double()
+        return {
+            "f1_micro": _f1(self.tp.sum(), self.fp.sum(), self.fn.sum()),
+            "f1_macro": f1[present].mean() if present.any() else f1.new_zeros(()),
+            "f1_samples": self.sample_f1 / self.samples.clamp(min=1),
+            "f1_weighted": (f1 * support).sum() / support.sum().clamp(min=1),
+        }
+
+
+def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+    """2TP / (2TP + FP + FN), with 0/0 = 0."""
+    tp, denom = 2 * tp.double(), (2 * tp + fp + fn).double()
+    return torch.where(denom > 0, tp / denom.clamp(min=1), torch.zeros_like(denom))
+
+
+def active_tasks(config: dict) -> list[str]:
+    tasks = [t for t in TASKS if config["loss_names"].get(t, 0) > 0]
+    if not tasks:
+        raise ValueError(f"loss_names={dict(config['loss_names'])} has none of {TASKS} above 0; use a task_finetune_* config")
+    return tasks
+
+
+class TaskMetrics(nn.Module):
+    """Loss mean and task metrics for each phase (train, val, test) and active task.
+
+    update(phase, output) takes the model's forward output ({task}_loss/_logits/_labels);
+    compute(phase) returns {"{task}/{phase}/{name}": value, ..., "{phase}/the_metric": sum over tasks}.
+    """
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.tasks = active_tasks(config)
+        # keys "{phase}_metrics": a plain "train" key would clash with nn.Module.train
+        self.phases = nn.ModuleDict(
+            {f"{p}_metrics": nn.ModuleDict({t: _task_metrics(t, config) for t in self.tasks}) for p in ("train", "val", "test")}
+        )
+
+    def update(self, phase: str, output: dict) -> None:
+        for task, metrics in self.phases[f"{phase}_metrics"].items():
+            logits, labels = output[f"{task}_logits"].detach(), output[f"{task}_labels"]
+            metrics["loss"].update(output[f"{task}_loss"].detach().float())
+            for name, metric in metrics.items():
+                if name != "loss":
+                    metric.update(logits, labels)
+
+    def compute(self, phase: str) -> dict[str, Tensor]:
+        values, the_metric = {}, 0.0
+        for task, metrics in self.phases[f"{phase}_metrics"].items():
+            for name, metric in metrics.items():
+                value = metric.compute()
+                for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+                    values[f"{task}/{phase}/{key}"] = v.float()
+            the_metric = the_metric + values[f"{task}/{phase}/{THE_METRIC[task]}"]
+        values[f"{phase}/the_metric"] = the_metric
+        return values
+
+    def reset(self, phase: str) -> None:
+        for metrics in self.phases[f"{phase}_metrics"].values():
+            for metric in metrics.values():
+                metric.reset()
+
+
+def _task_metrics(task: str, config: dict) -> nn.ModuleDict:
+    metrics: dict[str, Metric] = {"loss": MeanMetric()}
+    if task == "mmimdb":
+        metrics["f1"] = MultilabelF1(config["mmimdb_class_num"])
+    else:
+        metrics["accuracy"] = Accuracy()
+    if task == "hatememes":
+        metrics["auroc"] = AUROC(num_classes=config["hatememes_class_num"], average="macro")
+    return nn.ModuleDict(metrics)

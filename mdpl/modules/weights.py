@@ -1,0 +1,164 @@
+"""Checkpoint reading and loading: official ViLT pre-training checkpoints, ViLT weights in the Hugging Face
+transformers layout, timm ViT state dicts, and fine-tuned checkpoints (official MDPL or ours)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+BACKBONE_PREFIXES = ("text_embeddings.", "token_type_embeddings.", "transformer.")
+# parameters other prompt methods / tasks own: a fine-tuned checkpoint holding them belongs to another run
+FOREIGN_HINTS = {
+    "complete_prompt": "MAP", "missing_text_prompt": "MAP", "missing_img_prompt": "MAP",
+    "gen_t_prompt_memory": "MDPL", "gen_v_prompt_memory": "MDPL", "shared_missing_t": "MDPL",
+    "shared_missing_v": "MDPL", "bottleneck_texts": "MDPL", "bottleneck_images": "MDPL",
+}
+
+
+def read_state_dict(path: str, what: str = "load_path") -> dict[str, Tensor]:
+    """Tensors from a Lightning/official checkpoint ({"state_dict": ...}), a plain state dict (.pt/.bin),
+    a .safetensors file, or a Hugging Face model folder (model.safetensors or pytorch_model.bin)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}={path!r}: no such file or folder")
+    if os.path.isdir(path):
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.exists(os.path.join(path, name)):
+                return read_state_dict(os.path.join(path, name), what)
+        raise FileNotFoundError(f"{what}={path!r}: folder has neither model.safetensors nor pytorch_model.bin")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    # checkpoints are trusted input: Lightning checkpoints pickle their hyper-parameters
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{what}={path!r}: expected a state dict of tensors (or a checkpoint with 'state_dict')")
+    return obj
+
+
+def is_hf_vilt(sd: dict[str, Tensor]) -> bool:
+    return any(k.startswith(("vilt.embeddings.", "embeddings.patch_embeddings.")) for k in sd)
+
+
+_HF_RULES = [  # (pattern on the key without "vilt.", replacement)
+    (r"^embeddings\.text_embeddings\.", "text_embeddings."),
+    (r"^embeddings\.cls_token$", "transformer.cls_token"),
+    (r"^embeddings\.position_embeddings$", "transformer.pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "transformer.patch_embed.proj."),
+    (r"^embeddings\.token_type_embeddings\.", "token_type_embeddings."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"transformer.blocks.\1.attn.proj."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"transformer.blocks.\1.norm1."),
+    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"transformer.blocks.\1.norm2."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"transformer.blocks.\1.mlp.fc1."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"transformer.blocks.\1.mlp.fc2."),
+    (r"^layernorm\.", "transformer.norm."),
+    (r"^pooler\.dense\.", "pooler.dense."),
+]
+_HF_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)$")
+
+
+def convert_hf_vilt(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ViltModel / ViltFor* state dict -> official ViLT names; q, k, v joined into qkv.
+    Keys without a rule (heads such as mlm_score.*) pass through unchanged, to be reported as unexpected."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in sd.items():
+        k = key[len("vilt."):] if key.startswith("vilt.") else key
+        m = _HF_QKV.match(k)
+        if m:
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+            continue
+        for pattern, repl in _HF_RULES:
+            if re.match(pattern, k):
+                out[re.sub(pattern, repl, k)] = value
+                break
+        else:
+            out[key] = value
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ValueError(f"HF ViLT layer {layer} {kind}: found only {sorted(parts)} of query/key/value")
+        out[f"transformer.blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
+def interpolate_text_positions(sd: dict[str, Tensor], length: int) -> dict[str, Tensor]:
+    """Resize the text position table to `length` as official: the (S, D) table viewed as (1, 1, S, D),
+    bilinear (align_corners=False) to (length, D), i.e. linear in position; position_ids = arange(length)."""
+    key = "text_embeddings.position_embeddings.weight"
+    if key not in sd or sd[key].shape[0] == length:
+        return sd
+    table = sd[key]
+    sd = dict(sd)
+    sd[key] = F.interpolate(table[None, None].float(), size=(length, table.shape[1]), mode="bilinear",
+                            align_corners=False)[0, 0].to(table.dtype)
+    sd["text_embeddings.position_ids"] = torch.arange(length)[None]
+    return sd
+
+
+def _check_shapes(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    own = model.state_dict()
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{source}: shape mismatch (wrong config for these weights?):\n  " + "\n  ".join(bad))
+
+
+def load_backbone(model: nn.Module, sd: dict[str, Tensor], source: str, required: tuple[str, ...]) -> None:
+    """Load pre-trained weights non-strictly (heads and prompts stay as initialised). Every model key
+    under `required` prefixes must be present: missing backbone weights are an error, never a silent
+    random init. Unexpected keys (the checkpoint's own heads) are logged and ignored."""
+    _check_shapes(model, sd, source)
+    own = model.state_dict()
+    fill = {"text_embeddings.position_ids"}  # a buffer newer checkpoints do not store
+    missing_required = [k for k in own if k.startswith(required) and k not in sd and k not in fill]
+    if missing_required:
+        raise KeyError(f"{source}: missing backbone weights {missing_required[:8]}"
+                       f"{' ...' if len(missing_required) > 8 else ''} ({len(missing_required)} in all)")
+    result = model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+    unexpected = sorted(k for k in sd if k not in own)
+    log.info("%s: loaded %d tensors; kept initialised: %d (%s...); ignored: %d (%s...)", source,
+             len(sd) - len(unexpected), len(result.missing_keys), result.missing_keys[:4],
+             len(unexpected), unexpected[:4])
+
+
+def load_finetuned(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    """Load a fine-tuned checkpoint fully (no interpolation, as official). A checkpoint of another task or
+    prompt method, missing weights or wrong shapes are errors."""
+    own = model.state_dict()
+    optional = {"text_embeddings.position_ids"}
+    unexpected = sorted(k for k in sd if k not in own)
+    missing = sorted(k for k in own if k not in sd and k not in optional)
+    problems = []
+    heads = sorted({k.split(".")[0] for k in unexpected if k.split(".")[0].endswith("_classifier")})
+    if heads:
+        ours = sorted({k.split(".")[0] for k in own if k.split(".")[0].endswith("_classifier")})
+        problems.append(f"it has head(s) {heads} but this model's task head(s) are {ours} (another task?)")
+    methods = sorted({FOREIGN_HINTS[k.split(".")[0]] for k in unexpected if k.split(".")[0] in FOREIGN_HINTS})
+    if methods:
+        problems.append(f"it holds {methods} prompt parameters this prompt_method does not have")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if missing:
+        problems.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if problems:
+        raise ValueError(f"{source} does not fit this model: " + "; ".join(problems))
+    _check_shapes(model, sd, source)
+    model.load_state_dict(sd, strict=False)
+    log.info("%s: loaded fine-tuned checkpoint (%d tensors)", source, len(sd))
+
+
+def timm_vit_to_vilt(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm ViT state dict -> transformer.* names; the classification head is dropped."""
+    return {f"transformer.{k}": v for k, v in sd.items() if not k.startswith(("head.", "fc_norm.", "pre_logits."))}

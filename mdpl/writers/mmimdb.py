@@ -1,0 +1,56 @@
+"""MM-IMDb: split.json (train/dev/test id lists), images/<id>.jpeg, labels/<id>.json ("plot", "genres")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+from mdpl.writers.common import Entry, WriterSpec, load_json, split_ids
+
+# Label index order of the official writer (indices 0..22).
+GENRES = [
+    "Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
+    "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation",
+    "Musical", "Western", "Sport", "Short", "Film-Noir",
+]  # fmt: skip
+
+SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("plots", pa.list_(pa.string())),
+        ("label", pa.list_(pa.int64())),
+        ("genres", pa.list_(pa.string())),
+        ("image_id", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+
+
+def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
+    entries = []
+    for sample in split_ids(raw / "split.json", split):
+        info = load_json(raw / "labels" / f"{sample}.json")
+        for key in ("plot", "genres"):
+            if key not in info:
+                raise KeyError(f"{raw / 'labels' / f'{sample}.json'}: no {key!r} key")
+        genres = info["genres"]
+        columns = {
+            "plots": info["plot"],
+            "label": [1 if g in genres else 0 for g in GENRES],
+            "genres": genres,
+            "image_id": sample,
+            "split": split,
+        }
+        entries.append(Entry(sample, raw / "images" / f"{sample}.jpeg", columns))
+    return entries, []
+
+
+SPEC = WriterSpec(
+    name="mmimdb",
+    raw_subdir="mmimdb",
+    default_out="./datasets/mmimdb",
+    splits={"train": "mmimdb_train", "dev": "mmimdb_dev", "test": "mmimdb_test"},
+    schema=SCHEMA,
+    list_entries=list_entries,
+)
