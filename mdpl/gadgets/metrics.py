@@ -107,7 +107,9 @@ class TaskMetrics(nn.Module):
     def update(self, phase: str, output: dict) -> None:
         for task, metrics in self.phases[f"{phase}_metrics"].items():
             logits, labels = output[f"{task}_logits"].detach(), output[f"{task}_labels"]
-            metrics["loss"].update(output[f"{task}_loss"].detach().float())
+            # weighted by batch size: the epoch loss is the per-sample mean whatever the batching (official:
+            # the mean of batch means, which changes with the batch split across DDP processes)
+            metrics["loss"].update(output[f"{task}_loss"].detach().float(), weight=labels.shape[0])
             for name, metric in metrics.items():
                 if name != "loss":
                     metric.update(logits, labels)

@@ -14,12 +14,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from mdpl.modules import heads, objectives, weights
+from mdpl.modules.map_prompts import add_map_prompts, run_blocks, select_prompts
 from mdpl.modules.prompts import Bottleneck, PromptMemory, shared_prompts
 from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
 
 log = logging.getLogger(__name__)
 
-PROMPT_METHODS = ("mdpl", "none")
+PROMPT_METHODS = ("mdpl", "map", "none")
 
 
 def _layer_list(config: dict, key: str) -> list[int]:
@@ -81,6 +82,8 @@ class MemPromptTransformer(pl.LightningModule):
             self.bottleneck_images = nn.ModuleList([Bottleneck(D, width) for _ in self.shared_layers])
             self.bottleneck_images.apply(heads.init_weights)
             self.bottleneck_texts.apply(heads.init_weights)
+        elif self.prompt_method == "map":  # complete_prompt, missing_text_prompt, missing_img_prompt
+            add_map_prompts(self, c)
 
         self._load_weights(c)
         for prefix in weights.BACKBONE_PREFIXES:  # the backbone is always frozen (official)
@@ -175,12 +178,21 @@ class MemPromptTransformer(pl.LightningModule):
             x = block(x, mask)
         return x, 0, 0
 
+    def _layers_map(self, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
+                    missing_type: Tensor) -> tuple[Tensor, int, int]:
+        """MAP: prompts chosen by missing type (map_prompts.py); inserted ones all lead the sequence."""
+        x = torch.cat([text, image], dim=1)
+        mask = torch.cat([text_masks, image_masks], dim=1)
+        prompts = select_prompts(self, missing_type)
+        x, inserted = run_blocks(self.transformer.blocks, x, mask, self.hparams.config, prompts)
+        return x, inserted, 0
+
     # ---- public API
 
     def infer(self, batch: dict) -> dict[str, Tensor]:
         text, text_masks, image, image_masks = self.embed(batch)
         missing_type = torch.as_tensor(batch["missing_type"], device=text.device).long()
-        layers = {"mdpl": self._layers_mdpl, "none": self._layers_none}[self.prompt_method]
+        layers = {"mdpl": self._layers_mdpl, "map": self._layers_map, "none": self._layers_none}[self.prompt_method]
         x, nt, nv = layers(text, text_masks, image, image_masks, missing_type)
         x = self.transformer.norm(x)
         T = text.shape[1]
@@ -204,3 +216,67 @@ class MemPromptTransformer(pl.LightningModule):
         return out
 
     # ---- Lightning hooks (training) ----
+
+    def setup(self, stage: str) -> None:
+        # metric states are not persistent, so they stay out of checkpoints
+        if not hasattr(self, "task_metrics"):
+            from mdpl.gadgets.metrics import TaskMetrics
+
+            self.task_metrics = TaskMetrics(self.hparams.config)
+
+    def _shared_step(self, batch: dict, phase: str) -> Tensor:
+        out = self(batch)
+        self.task_metrics.update(phase, out)
+        return sum(v for k, v in out.items() if "loss" in k)  # official: every output key holding "loss"
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, "train")
+        # any process with a non-finite loss stops all of them before a step or checkpoint can use it
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}: "
+                "training stopped; the checkpoints saved so far (last.ckpt and the best) are kept unchanged. "
+                "Try a lower learning_rate or precision=32.")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch(self, phase: str) -> dict[str, float]:
+        values = self.task_metrics.compute(phase)  # synced across processes by torchmetrics
+        self.task_metrics.reset(phase)
+        # every process holds the same values already (the checkpoint callback reads them on each)
+        the_metric = f"{phase}/the_metric"
+        self.log_dict({k: v for k, v in values.items() if k != the_metric})
+        self.log(the_metric, values[the_metric], prog_bar=phase != "train")
+        return {k: float(v) for k, v in values.items()}
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        values = self._log_epoch("test")
+        c = self.hparams.config
+        if c["test_exp_name"] is not None and self.trainer.is_global_zero:
+            from mdpl.gadgets.records import append_records
+
+            append_records(c, values)
+
+    def configure_optimizers(self) -> dict:
+        from mdpl.modules.optim import build_optimizer, build_scheduler
+
+        c = self.hparams.config
+        max_steps = c["max_steps"]
+        if max_steps is None:  # official: len(train loader) * max_epoch // accumulation
+            _ = self.trainer.estimated_stepping_batches  # makes Lightning size the train loader
+            max_steps = self.trainer.num_training_batches * c["max_epoch"] // self.trainer.accumulate_grad_batches
+        optimizer = build_optimizer(self, c)
+        scheduler = build_scheduler(optimizer, c, max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -29,8 +29,9 @@ class PromptMemory(nn.Module):
         nn.init.kaiming_normal_(self.prompt_keys, a=math.sqrt(5))
 
     def forward(self, query: Tensor) -> Tensor:
-        q = F.normalize(query.float(), dim=-1)
-        k = F.normalize(self.prompt_keys.float(), dim=-1)
+        dtype = torch.promote_types(query.dtype, torch.float32)  # at least fp32 (fp64 stays fp64)
+        q = F.normalize(query.to(dtype), dim=-1)
+        k = F.normalize(self.prompt_keys.to(dtype), dim=-1)
         if self.fp32_similarity:
             with torch.autocast(q.device.type, enabled=False):
                 scores = q @ k.t()
@@ -39,7 +40,7 @@ class PromptMemory(nn.Module):
         idx = scores.topk(self.top_k, dim=1, sorted=False).indices  # B x k
         r = (q[:, None, :] * k[idx]).sum(-1)  # recomputed in fp32 (elementwise ops are not autocast)
         w = r.softmax(dim=1)
-        return (w[:, :, None, None] * self.prompt_memory[idx].float()).sum(1)
+        return (w[:, :, None, None] * self.prompt_memory[idx].to(dtype)).sum(1)
 
 
 class Bottleneck(nn.Sequential):

@@ -1,0 +1,68 @@
+"""Train-loader throughput on synthetic Food-101-like data: 512x384 JPEGs, text padded to 512 tokens.
+
+    python benchmarks/dataloader.py [--samples 384] [--batch 32] [--workers 0 1 2]
+
+Prints samples/s for each worker count, with every image present (all decoded and resized: the worst case)
+and with the official default of 70% images missing (those skip decoding; see DATA.md). Each figure is
+timed from the second batch on, so worker start-up is left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mdpl.config import ex  # noqa: E402
+from mdpl.datamodules import build_datamodule  # noqa: E402
+from mdpl.synthetic import generate  # noqa: E402
+from mdpl.writers import WRITERS, convert  # noqa: E402
+
+
+def samples_per_second(config: dict) -> float:
+    dm = build_datamodule(config)
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    next(it)  # start-up: worker launch and first batch
+    start, n = time.perf_counter(), 0
+    for batch in it:
+        n += len(batch["text"])
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=384, help="training samples")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        total = int(args.samples / 0.7) + 1
+        generate("food101", tmp, samples=total, classes=10, size=(512, 384))
+        convert(WRITERS["food101"], tmp, Path(tmp) / "arrow")
+        base = copy.deepcopy(dict(ex.configurations[0]()))
+        base.update(datasets=["Food101"], data_root=str(Path(tmp) / "arrow"), missing_table_root=str(Path(tmp) / "t"),
+                    per_gpu_batchsize=args.batch, max_text_len=512)  # fmt: skip
+        base["loss_names"].update(itm=0, mlm=0, food101=1)
+        print(f"cpu cores: {os.cpu_count()}, torch threads: 1, batch {args.batch}, images 512x384 -> 384x512")
+        for ratio in (0.0, 0.7):
+            for workers in args.workers:
+                cfg = copy.deepcopy(base)
+                cfg["num_workers"] = workers
+                cfg["missing_ratio"] = {"train": ratio, "val": ratio, "test": ratio}
+                rate = samples_per_second(cfg)
+                per = rate / max(workers, 1)
+                print(f"image missing {ratio:.0%}: num_workers={workers}: {rate:7.1f} samples/s ({per:.1f} per loading process)")
+
+
+if __name__ == "__main__":
+    main()

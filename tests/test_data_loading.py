@@ -1,0 +1,211 @@
+"""Datasets, transforms, collate and the datamodule on small synthetic data (REFERENCE §2-§5)."""
+
+import copy
+import random
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import RandomSampler, SequentialSampler
+from torchvision import transforms as T
+
+from mdpl.config import ex
+from mdpl.datamodules import build_datamodule, build_test_loader
+from mdpl.datasets import build_dataset
+from mdpl.synthetic import generate
+from mdpl.transforms import PixelBert, keys_to_transforms, resized_hw
+from mdpl.writers import WRITERS, convert
+
+NAMES = {"food101": "Food101", "mmimdb": "mmimdb", "hateful_memes": "Hatefull_Memes"}
+TASK = {"food101": "food101", "mmimdb": "mmimdb", "hateful_memes": "hatememes"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Arrow folders of three tiny synthetic datasets: {writer name: folder}."""
+    root = tmp_path_factory.mktemp("raw")
+    out = {}
+    for name, n in [("food101", 20), ("mmimdb", 10), ("hateful_memes", 10)]:
+        generate(name, root, samples=n, classes=4, side_range=(8, 40))
+        out[name] = root / "arrow" / name
+        convert(WRITERS[name], root, out[name])
+    return out
+
+
+def make_config(data, tmp_path, name="food101", **updates) -> dict:
+    cfg = copy.deepcopy(dict(ex.configurations[0]()))
+    cfg["loss_names"][TASK[name]] = 1
+    cfg["loss_names"]["mlm"] = cfg["loss_names"]["itm"] = 0
+    cfg.update(datasets=[NAMES[name]], data_root=str(data[name]), missing_table_root=str(tmp_path / "tables"),
+               per_gpu_batchsize=4, num_workers=0, image_size=64, max_text_len=16)  # fmt: skip
+    cfg.update(updates)
+    return cfg
+
+
+@pytest.mark.parametrize("w,h,out", [(500, 500, (384, 384)), (300, 450, (576, 384)), (1000, 300, (192, 608))])
+def test_pixelbert_resize_rule_examples(w, h, out):
+    assert resized_hw(w, h, 384) == out
+    assert PixelBert(384)(Image.new("RGB", (w, h))).shape == (3, *out)
+
+
+def test_extreme_aspect_ratio_is_clamped_to_one_patch():
+    assert resized_hw(4000, 100, 384) == (32, 608)
+    assert resized_hw(100, 4000, 384) == (608, 32)
+
+
+def test_pixelbert_matches_torchvision_bitwise():
+    img = Image.fromarray(torch.randint(0, 256, (37, 53, 3), dtype=torch.uint8).numpy())
+    nh, nw = resized_hw(53, 37, 64)
+    ref = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(img.resize((nw, nh), Image.BICUBIC))
+    assert torch.equal(PixelBert(64)(img), ref)
+
+
+def test_randaug_key_keeps_the_resize_rule():
+    random.seed(0)
+    (t,) = keys_to_transforms(["pixelbert_randaug"], 64)
+    assert t(Image.new("RGB", (50, 100), (10, 200, 30))).shape == (3, 96, 32)  # 128x64 capped at 106
+    with pytest.raises(ValueError, match="'nope'"):
+        keys_to_transforms(["nope"], 64)
+
+
+def test_missing_text_and_image_items_and_collate(data, tmp_path):
+    complete = build_dataset(make_config(data, tmp_path, missing_ratio={"train": 0, "val": 0, "test": 0}), "train")
+    text = build_dataset(make_config(data, tmp_path, missing_type={"train": "text", "val": "text", "test": "text"},
+                                     missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")  # fmt: skip
+    image = build_dataset(make_config(data, tmp_path, missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")
+    a, t, i = complete[3], text[3], image[3]
+    assert (a["missing_type"], t["missing_type"], i["missing_type"]) == (0, 1, 2)
+    assert t["text"] == "" and a["text"] != ""
+    assert torch.equal(t["image"][0], a["image"][0])
+    assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 1).all()  # ones, transformed shape
+    assert i["text"] == a["text"] and a["label"].dtype == torch.long
+
+    dm = build_datamodule(make_config(data, tmp_path))
+    batch = dm.collate([a, t, i])
+    h = max(x["image"][0].shape[1] for x in (a, t, i))
+    w = max(x["image"][0].shape[2] for x in (a, t, i))
+    assert len(batch["image"]) == 1 and batch["image"][0].shape == (3, 3, h, w)
+    ah, aw = a["image"][0].shape[1:]
+    assert torch.equal(batch["image"][0][0, :, :ah, :aw], a["image"][0])
+    assert (batch["image"][0][0, :, ah:, :] == 0).all() and (batch["image"][0][0, :, :, aw:] == 0).all()
+    assert batch["text_ids"].shape == batch["text_masks"].shape == (3, 16)
+    assert batch["text_ids"][1].tolist() == [101, 102] + [0] * 14  # "" -> [CLS] [SEP] pads
+    assert batch["text_masks"][1].tolist() == [1, 1] + [0] * 14
+    assert (batch["text_labels"] == -100).all()
+    assert batch["missing_type"].tolist() == [0, 1, 2] and batch["missing_type"].dtype == torch.long
+    assert batch["label"].dtype == torch.long and batch["label"].shape == (3,)
+    assert batch["text"] == [a["text"], "", a["text"]]
+    assert "text_ids_mlm" not in batch
+
+
+def test_mlm_keys_only_with_an_mlm_objective(data, tmp_path):
+    cfg = make_config(data, tmp_path)
+    cfg["loss_names"]["mlm"] = 1
+    dm = build_datamodule(cfg)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["text_ids_mlm"].shape == batch["text_labels_mlm"].shape == batch["text_ids"].shape
+    changed = batch["text_ids_mlm"] != batch["text_ids"]
+    assert (batch["text_labels_mlm"][changed] == batch["text_ids"][changed]).all()
+
+
+def test_mmimdb_one_sample_per_plot_row_major(data, tmp_path):
+    cfg = make_config(data, tmp_path, "mmimdb", missing_type={"train": "both", "val": "both", "test": "both"})
+    ds = build_dataset(cfg, "train")
+    expected = [(r, k) for r, plots in enumerate(ds.texts) for k in range(len(plots))]
+    assert len(ds) == len(expected) > len(ds.texts)  # the synthetic movies have 1-3 plots
+    for j, (r, k) in enumerate(expected):
+        item = ds[j]
+        assert item["missing_type"] == ds.missing[r]  # row-level missing status
+        assert item["text"] == ("" if ds.missing[r] == 1 else ds.texts[r][k])
+        assert torch.equal(item["label"], ds.labels[r]) and item["label"].dtype == torch.float32
+    dm = build_datamodule(cfg)
+    dm.setup()
+    assert next(iter(dm.test_dataloader()))["label"].shape == (4, 23)
+
+    one = build_dataset(make_config(data, tmp_path, "mmimdb", mmimdb_one_plot=True), "train")
+    assert len(one) == len(one.texts) and [one[j]["text"] for j in range(3) if one.missing[j] != 1] == [
+        one.texts[j][0] for j in range(3) if one.missing[j] != 1
+    ]  # fmt: skip
+
+
+def test_hatememes_loads(data, tmp_path):
+    dm = build_datamodule(make_config(data, tmp_path, "hateful_memes"))
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["label"].dtype == torch.long and set(batch["label"].tolist()) <= {0, 1}
+
+
+def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
+    cfg = make_config(data, tmp_path, missing_type={"train": "image", "val": "text", "test": "both"},
+                      missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})  # fmt: skip
+    random.seed(cfg["seed"])  # what pl.seed_everything does to `random`
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    n = {s: dm.datasets[s].labels.shape[0] for s in ("train", "val", "test")}
+    random.seed(cfg["seed"])
+    train = random.sample(range(n["train"]), int(n["train"] * 0.7))
+    val = random.sample(range(n["val"]), int(n["val"] * 0.5))
+    test = random.sample(range(n["test"]), int(n["test"] * 0.6))
+    test_img = random.sample(test, int(len(test) * 0.5))
+    codes = {s: dm.datasets[s].missing for s in n}
+    assert sorted(r for r, c in enumerate(codes["train"]) if c == 2) == sorted(train)
+    assert sorted(r for r, c in enumerate(codes["val"]) if c == 1) == sorted(val)
+    assert sorted(r for r, c in enumerate(codes["test"]) if c == 2) == sorted(test_img)
+    assert sorted(r for r, c in enumerate(codes["test"]) if c > 0) == sorted(test)
+    names = sorted(p.name for p in (tmp_path / "tables").iterdir())
+    assert names == ["food101_test_missing_both_06.pt", "food101_train_missing_image_07.pt", "food101_val_missing_text_05.pt"]
+
+
+def test_test_overrides_touch_val_and_test_only(data, tmp_path):
+    cfg = make_config(data, tmp_path, test_ratio=0.5, test_type="text")
+    dm = build_datamodule(cfg)
+    assert cfg["missing_ratio"] == {"train": 0.7, "val": 0.5, "test": 0.5}  # recorded in the config
+    assert cfg["missing_type"] == {"train": "image", "val": "text", "test": "text"}
+    dm.setup()
+    assert set(dm.datasets["test"].missing) == {0, 1} and set(dm.datasets["train"].missing) == {0, 2}
+
+
+def test_build_test_loader_leaves_config_alone(data, tmp_path):
+    cfg = make_config(data, tmp_path)
+    before = copy.deepcopy(cfg)
+    loader = build_test_loader(cfg, 1.0, "text")
+    assert cfg == before
+    assert set(loader.dataset.missing) == {1} and isinstance(loader.sampler, SequentialSampler)
+    assert len(loader.dataset) == 3  # the synthetic test split of 20 samples
+
+
+def test_loaders_shuffle_train_only(data, tmp_path):
+    dm = build_datamodule(make_config(data, tmp_path))
+    dm.setup()
+    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+    assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
+
+
+def test_simulate_missing_applies_to_complete_training_rows_only(data, tmp_path):
+    zero = {"train": 0, "val": 0, "test": 0}
+    cfg = make_config(data, tmp_path, simulate_missing=True, missing_ratio=zero)
+    random.seed(0)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert {train[j % len(train)]["missing_type"] for j in range(60)} == {0, 1, 2}
+    assert {val[j]["missing_type"] for j in range(len(val))} == {0}
+
+
+def test_missing_arrow_file_names_the_make_arrow_command(tmp_path, data):
+    cfg = make_config(data, tmp_path, data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match=r"food101_train\.arrow.*make_arrow\.py --dataset food101"):
+        build_dataset(cfg, "train")
+
+
+def test_mismatched_table_is_a_clear_error(data, tmp_path):
+    cfg = make_config(data, tmp_path)
+    (tmp_path / "tables").mkdir()
+    torch.save(torch.zeros(3), tmp_path / "tables" / "food101_train_missing_image_07.pt")
+    with pytest.raises(ValueError, match="food101_train_missing_image_07.pt has 3 rows"):
+        build_dataset(cfg, "train")
+
+
+def test_batch_size_must_be_set(data, tmp_path):
+    with pytest.raises(ValueError, match="per_gpu_batchsize"):
+        build_datamodule(make_config(data, tmp_path, per_gpu_batchsize=0))

@@ -1,0 +1,71 @@
+"""Comparing methods: MAP, MDPL and plain-ViLT checkpoints trained with their named configs (tiny, CPU)
+are swept together, one line per method and missing type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mdpl.config import ex
+from mdpl.sweep import sweep
+from mdpl.train import main
+from train_helpers import TINY, make_arrows
+
+METHODS = {  # method -> (named config, extra updates)
+    "map": ("task_finetune_food101_map", {}),
+    "mdpl": ("task_finetune_food101", {}),
+    "none": ("task_finetune_food101", {"prompt_method": "none"}),
+}
+
+
+def config(named: str, data: Path, out: Path, **updates) -> dict:
+    paths = dict(data_root=str(data), log_dir=str(out / "result"), records_root=str(out / "records"),
+                 missing_table_root=str(out / "tables") + "/")
+    run = ex.run("print_config", named_configs=[named], config_updates={**TINY, **paths, "max_epoch": 1, **updates},
+                 options={"--loglevel": "ERROR"})
+    return run.config
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """One short fine-tune per method; returns (data_root, method -> last.ckpt)."""
+    root = tmp_path_factory.mktemp("compare")
+    data = make_arrows(root, "food101")
+    out = {}
+    for method, (named, updates) in METHODS.items():
+        run_root = root / method
+        main(config(named, data, run_root, **updates))
+        [run] = (run_root / "result").iterdir()
+        out[method] = str(run / "version_0" / "checkpoints" / "last.ckpt")
+    return data, out
+
+
+def test_map_training_updates_the_official_prompt_tensors(checkpoints):
+    _, ckpts = checkpoints
+    ckpt = torch.load(ckpts["map"], map_location="cpu", weights_only=False)
+    saved = ckpt["hyper_parameters"]["config"]
+    assert saved["prompt_method"] == "map" and saved["seed"] == 0
+    assert saved["missing_type"] == {"train": "both", "val": "both", "test": "both"}
+    sd = ckpt["state_dict"]
+    initial = torch.zeros(2, 4, 32)  # prompt_layers [0, 1], prompt_length 4, hidden 32; complete: row 0 = 1
+    initial[:, 0] = 1
+    assert sd["complete_prompt"].shape == initial.shape and not torch.equal(sd["complete_prompt"], initial)
+    assert not any(k.startswith(("gen_", "shared_", "bottleneck_")) for k in sd)
+
+
+def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, tmp_path):
+    data, ckpts = checkpoints
+    cfg = config("task_finetune_food101", data, tmp_path, sweep_paths=[ckpts["map"], ckpts["mdpl"], ckpts["none"]],
+                 sweep_types=["text", "image"], sweep_ratios=[0.0, 0.5])
+    out = sweep(cfg)
+    lines = (out / "sweep.md").read_text().splitlines()
+    labels = [c.strip() for c in lines[2].split("|")[2:-1]]
+    assert labels == ["map/text", "map/image", "mdpl/text", "mdpl/image", "none/text", "none/image"]
+    rows = (out / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3 * 2 * 2
+    # ratio 0 is the complete test set for either type: each method's two lines start at the same value
+    ratio0 = [c.strip() for c in lines[4].split("|")[2:-1]]
+    assert ratio0[0] == ratio0[1] and ratio0[2] == ratio0[3] and ratio0[4] == ratio0[5]
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
