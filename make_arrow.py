@@ -18,7 +18,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output folder (default: the official one)")
     parser.add_argument("--skip-bad", action="store_true", help="skip undecodable images, listing their ids")
     args = parser.parse_args()
-    convert(WRITERS[args.dataset], args.root, args.out, skip_bad=args.skip_bad)
+    try:
+        convert(WRITERS[args.dataset], args.root, args.out, skip_bad=args.skip_bad)
+    except (OSError, KeyError, ValueError) as e:  # data problems: the message names the file
+        parser.exit(1, f"make_arrow: {e.args[0] if isinstance(e, KeyError) else e}\n")
 
 
 if __name__ == "__main__":

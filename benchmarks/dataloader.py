@@ -61,7 +61,8 @@ def main() -> None:
                 cfg["missing_ratio"] = {"train": ratio, "val": ratio, "test": ratio}
                 rate = samples_per_second(cfg)
                 per = rate / max(workers, 1)
-                print(f"image missing {ratio:.0%}: num_workers={workers}: {rate:7.1f} samples/s ({per:.1f} per loading process)")
+                print(f"image missing {ratio:.0%}: num_workers={workers}: {rate:7.1f} samples/s "
+                      f"({per:.1f} per loading process)")  # fmt: skip
 
 
 if __name__ == "__main__":

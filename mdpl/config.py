@@ -180,3 +180,14 @@ ex.add_named_config("task_finetune_food101_map", _map("map_finetune_food101", ["
 ex.add_named_config(
     "task_finetune_hatememes_map", _map("map_finetune_hatememes", ["Hatefull_Memes"], "hatememes", 0.11, 128)
 )
+
+# `make demo`: synthetic Food-101 (10 classes) on 2 CPU cores in minutes; a small randomly initialised ViLT
+# (no weights can be downloaded), so only prompts, pooler and head learn, at a larger learning rate.
+ex.add_named_config("demo", dict(
+    _finetune("demo_food101", ["Food101"], "food101", 2e-2, 1.0, 32),
+    food101_class_num=10, hidden_size=256, num_layers=4, num_heads=4, image_size=128,
+    gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], prompt_layers=[0, 1], gen_prompt_length=8,
+    shared_prompt_length=8, prompt_length=8, batch_size=16, per_gpu_batchsize=16, max_epoch=6, num_gpus=0,
+    precision=32, num_workers=2, missing_type={"train": "both", "val": "both", "test": "both"},
+    drop_rate=0.0,  # dropout in a random frozen backbone drowns its weak per-sample signal
+))

@@ -44,8 +44,9 @@ def _colour(k: int, n: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _image(classes: list[int], n_classes: int, rng: random.Random, sides: tuple[tuple[int, int], tuple[int, int]]) -> Image.Image:
-    """A noisy image with one vertical band per class in its class colour and a class-specific shape."""
+def _image(classes: list[int], n_classes: int, rng: random.Random, sides: tuple) -> Image.Image:
+    """A noisy grey image with one vertical band per class in its class colour and a class-specific shape
+    (circle, square or triangle by class). sides = ((min_w, max_w), (min_h, max_h))."""
     w, h = rng.randint(*sides[0]), rng.randint(*sides[1])
     noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 40, (h, w, 3), dtype=np.uint8)
     im = Image.fromarray(noise + 100)  # grey noise background: no cue outside the bands
@@ -53,13 +54,17 @@ def _image(classes: list[int], n_classes: int, rng: random.Random, sides: tuple[
     band = w / len(classes)
     for i, k in enumerate(classes):
         x0, x1 = int(i * band), int((i + 1) * band)
-        draw.rectangle([x0, 0, x1, h], fill=_colour(k, n_classes))
+        y0, y1 = rng.randint(0, h // 4), h - rng.randint(0, h // 4)  # some noisy background stays visible
+        draw.rectangle([x0, y0, x1, y1], fill=_colour(k, n_classes))
         cx, cy, r = (x0 + x1) // 2, rng.randint(h // 4, 3 * h // 4), max(2, min(x1 - x0, h) // 4)
         box = [cx - r, cy - r, cx + r, cy + r]
         inverse = tuple(255 - c for c in _colour(k, n_classes))
-        [draw.ellipse, draw.rectangle, lambda b, fill: draw.polygon([(b[0], b[3]), (b[2], b[3]), (cx, b[1])], fill=fill)][
-            k % 3
-        ](box, fill=inverse)
+        if k % 3 == 0:
+            draw.ellipse(box, fill=inverse)
+        elif k % 3 == 1:
+            draw.rectangle(box, fill=inverse)
+        else:
+            draw.polygon([(box[0], box[3]), (box[2], box[3]), (cx, box[1])], fill=inverse)
     return im
 
 
@@ -117,7 +122,8 @@ def mmimdb(root: Path, samples: int, classes: int, rng: random.Random, sides: tu
             i += 1
             _image(ids, len(GENRES), rng, sides).save(out / "images" / f"{movie}.jpeg", quality=90)
             plots = [_text(ids, rng, (10, 30)) for _ in range(rng.randint(1, 3))]  # several plots per movie
-            _write_json(out / "labels" / f"{movie}.json", {"title": f"movie {movie}", "plot": plots, "genres": [GENRES[g] for g in ids]})
+            label = {"title": f"movie {movie}", "plot": plots, "genres": [GENRES[g] for g in ids]}
+            _write_json(out / "labels" / f"{movie}.json", label)
             splits[split].append(movie)
     _write_json(out / "split.json", splits)
     return out

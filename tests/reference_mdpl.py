@@ -29,7 +29,7 @@ def linear(x: Tensor, p: dict, name: str) -> Tensor:
     return x @ p[f"{name}.weight"].t() + p[f"{name}.bias"]
 
 
-def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype) -> Tensor:
+def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """n_out x n_in weights of 1-D linear interpolation with align_corners=True."""
     a = torch.zeros(n_out, n_in, dtype=dtype)
     for i in range(n_out):
@@ -39,7 +39,7 @@ def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype) -> Tensor:
         frac = s - i0
         a[i, i0] += 1.0 - frac
         a[i, i1] += frac
-    return a
+    return a.to(device)
 
 
 def attention(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
@@ -78,12 +78,12 @@ def image_tokens(images: Tensor, p: dict, patch: int) -> tuple[list[Tensor], lis
     per_sample = []
     for b in range(B):
         img = images[b]
-        valid_px = img.sum(0) != 0
+        valid_px = (img.sum(0) != 0).cpu()
         rows = [int(math.floor(i * H / gh)) for i in range(gh)]
         cols = [int(math.floor(j * W / gw)) for j in range(gw)]
         valid = torch.tensor([[bool(valid_px[r, c]) for c in cols] for r in rows])
         h, w = int(valid[:, 0].sum()), int(valid[0, :].sum())
-        ay, ax = interp_matrix(h, g, img.dtype), interp_matrix(w, g, img.dtype)
+        ay, ax = interp_matrix(h, g, grid.dtype, img.device), interp_matrix(w, g, grid.dtype, img.device)
         pos = torch.einsum("ig,jk,gkd->ijd", ay, ax, grid)
         cells = []
         for i in range(gh):
@@ -101,7 +101,7 @@ def image_tokens(images: Tensor, p: dict, patch: int) -> tuple[list[Tensor], lis
         ordered = [c for c in cells if c[0]] + [c for c in cells if not c[0]]
         ordered = ordered[:cap]
         toks.append(torch.stack([cls] + [f for _, f in ordered]) + p["token_type_embeddings.weight"][1])
-        masks.append(torch.tensor([1] + [int(v) for v, _ in ordered]))
+        masks.append(torch.tensor([1] + [int(v) for v, _ in ordered], device=images.device))
     return toks, masks
 
 
@@ -133,7 +133,7 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
         te = te + p["token_type_embeddings.weight"][0]
         tm, im, ie = tmask[b], img_masks[b], img_toks[b]
         mtype = int(batch["missing_type"][b])
-        t_side, v_side = [], []  # lists of prompt-token rows on each side
+        t_side, v_side = te[:0], te[:0]  # the prompt tokens on each side (0 x D at first)
         text, image = te, ie
         n_shared_t = n_shared_v = 0
         for layer in range(c["num_layers"]):
@@ -156,25 +156,24 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
                     s_t = linear(gelu(linear(base, p, f"bottleneck_texts.{i}.0")), p, f"bottleneck_texts.{i}.2")
                     s_v = linear(gelu(linear(base, p, f"bottleneck_images.{i}.0")), p, f"bottleneck_images.{i}.2")
                 if layer in gen_layers and layer in shared_layers:
-                    t_side = list(s_t) + list(p_t) + t_side
-                    v_side = list(s_v) + list(p_v) + v_side
+                    t_side = torch.cat([s_t, p_t, t_side])
+                    v_side = torch.cat([s_v, p_v, v_side])
                 elif layer in gen_layers:
-                    t_side = t_side[:n_shared_t] + list(p_t) + t_side[n_shared_t:]
-                    v_side = v_side[:n_shared_v] + list(p_v) + v_side[n_shared_v:]
+                    t_side = torch.cat([t_side[:n_shared_t], p_t, t_side[n_shared_t:]])
+                    v_side = torch.cat([v_side[:n_shared_v], p_v, v_side[n_shared_v:]])
                 else:
-                    t_side = list(s_t) + t_side
-                    v_side = list(s_v) + v_side
+                    t_side = torch.cat([s_t, t_side])
+                    v_side = torch.cat([s_v, v_side])
                 if layer in shared_layers:
                     n_shared_t += s_t.shape[0]
                     n_shared_v += s_v.shape[0]
-            nt, nv = len(t_side), len(v_side)
-            x = torch.cat(([torch.stack(t_side)] if nt else []) + [text] + ([torch.stack(v_side)] if nv else [])
-                          + [image])
-            mask = torch.cat([torch.ones(nt, dtype=tm.dtype), tm, torch.ones(nv, dtype=im.dtype), im])
+            nt, nv = t_side.shape[0], v_side.shape[0]
+            x = torch.cat([t_side, text, v_side, image])
+            mask = torch.cat([tm.new_ones(nt), tm, im.new_ones(nv), im])
             x = block(x, mask, p, f"transformer.blocks.{layer}", heads)
-            t_side = list(x[:nt])
+            t_side = x[:nt]
             text = x[nt:nt + T]
-            v_side = list(x[nt + T:nt + T + nv])
+            v_side = x[nt + T:nt + T + nv]
             image = x[nt + T + nv:]
         x = layer_norm(x, p["transformer.norm.weight"], p["transformer.norm.bias"], 1e-6)
         feats.append(torch.tanh(linear(x[nt], p, "pooler.dense")))  # the text [CLS]

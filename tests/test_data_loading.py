@@ -121,7 +121,7 @@ def test_mmimdb_one_sample_per_plot_row_major(data, tmp_path):
         assert torch.equal(item["label"], ds.labels[r]) and item["label"].dtype == torch.float32
     dm = build_datamodule(cfg)
     dm.setup()
-    assert next(iter(dm.test_dataloader()))["label"].shape == (4, 23)
+    assert next(iter(dm.test_dataloader()))["label"].shape == (min(4, len(dm.datasets["test"])), 23)
 
     one = build_dataset(make_config(data, tmp_path, "mmimdb", mmimdb_one_plot=True), "train")
     assert len(one) == len(one.texts) and [one[j]["text"] for j in range(3) if one.missing[j] != 1] == [
@@ -154,7 +154,9 @@ def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
     assert sorted(r for r, c in enumerate(codes["test"]) if c == 2) == sorted(test_img)
     assert sorted(r for r, c in enumerate(codes["test"]) if c > 0) == sorted(test)
     names = sorted(p.name for p in (tmp_path / "tables").iterdir())
-    assert names == ["food101_test_missing_both_06.pt", "food101_train_missing_image_07.pt", "food101_val_missing_text_05.pt"]
+    assert names == [
+        "food101_test_missing_both_06.pt", "food101_train_missing_image_07.pt", "food101_val_missing_text_05.pt"
+    ]  # fmt: skip
 
 
 def test_test_overrides_touch_val_and_test_only(data, tmp_path):
@@ -209,3 +211,30 @@ def test_mismatched_table_is_a_clear_error(data, tmp_path):
 def test_batch_size_must_be_set(data, tmp_path):
     with pytest.raises(ValueError, match="per_gpu_batchsize"):
         build_datamodule(make_config(data, tmp_path, per_gpu_batchsize=0))
+
+
+def test_several_datasets_are_concatenated(data, tmp_path):
+    folder = tmp_path / "both"
+    folder.mkdir()
+    for name in ("food101", "hateful_memes"):
+        for f in data[name].iterdir():
+            (folder / f.name).symlink_to(f)
+    cfg = make_config(data, tmp_path, datasets=["Food101", "Hatefull_Memes"], data_root=str(folder))
+    dm = build_datamodule(cfg)
+    dm.setup()
+    food, memes = (build_dataset(make_config(data, tmp_path, n), "test") for n in ("food101", "hateful_memes"))
+    assert len(dm.datasets["test"]) == len(food) + len(memes)
+    assert dm.datasets["test"][len(food)]["text"] == memes[0]["text"]
+
+
+def test_worker_batches_equal_in_process_batches(data, tmp_path):
+    # In a worker the image canvas is allocated in shared memory; the batch must not change.
+    batches = []
+    for workers in (0, 1):
+        dm = build_datamodule(make_config(data, tmp_path, num_workers=workers))
+        dm.setup()
+        batches.append(next(iter(dm.val_dataloader())))
+    a, b = batches
+    assert a.keys() == b.keys()
+    assert torch.equal(a["image"][0], b["image"][0]) and torch.equal(a["text_ids"], b["text_ids"])
+    assert torch.equal(a["missing_type"], b["missing_type"]) and torch.equal(a["label"], b["label"])

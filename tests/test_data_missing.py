@@ -72,9 +72,11 @@ def test_length_mismatch_names_file_and_lengths(tmp_path):
         load_or_create(tmp_path, "x_train", 12, 0.5, "text", 0.5)
 
 
-def test_unknown_type_is_an_error(tmp_path):
+def test_unknown_type_or_bad_ratio_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="'none'"):
         load_or_create(tmp_path, "x", 10, 0.5, "none", 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\], got 1.5"):
+        load_or_create(tmp_path, "x", 10, 1.5, "text", 0.5)
 
 
 def _create(root, seed, queue):

@@ -49,7 +49,8 @@ def test_food101_schema_order_labels_and_skips(tmp_path):
         assert set(table.column("split").to_pylist()) == {split}
         folder = "test" if split == "test" else "train"
         first = ids[0]
-        assert table.column("image")[0].as_py() == (raw / "images" / folder / first[: first.rindex("_")] / first).read_bytes()
+        image = raw / "images" / folder / first[: first.rindex("_")] / first
+        assert table.column("image")[0].as_py() == image.read_bytes()
 
 
 def test_mmimdb_schema_order_and_multi_hot_labels(tmp_path):
@@ -73,7 +74,9 @@ def test_mmimdb_schema_order_and_multi_hot_labels(tmp_path):
 def test_hatememes_schema_order(tmp_path):
     raw = generate("hateful_memes", tmp_path / "raw", samples=6, side_range=(8, 16))
     reports = convert(WRITERS["hateful_memes"], tmp_path / "raw", tmp_path / "out")
-    assert [r.arrow_path.name for r in reports] == ["hatememes_train.arrow", "hatememes_dev.arrow", "hatememes_test.arrow"]
+    assert [r.arrow_path.name for r in reports] == [
+        "hatememes_train.arrow", "hatememes_dev.arrow", "hatememes_test.arrow"
+    ]  # fmt: skip
     lines = [json.loads(x) for x in (raw / "data" / "dev.jsonl").read_text().splitlines()]
     table = read(reports[1].arrow_path)
     assert table.schema.names == ["image", "text", "label", "split"]
@@ -136,3 +139,20 @@ def test_synthetic_is_deterministic(tmp_path):
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_unlabelled_hateful_memes_test_split_points_to_test_seen(tmp_path):
+    raw = generate("hateful_memes", tmp_path / "raw", samples=3, side_range=(8, 16))
+    line = json.loads((raw / "data" / "test.jsonl").read_text())
+    del line["label"]  # the challenge's test.jsonl has no labels
+    (raw / "data" / "test.jsonl").write_text(json.dumps(line) + "\n")
+    with pytest.raises(KeyError, match=r"test\.jsonl:1: missing \['label'\].*test_seen\.jsonl"):
+        convert(WRITERS["hateful_memes"], tmp_path / "raw", tmp_path / "out")
+
+
+def test_truncated_json_is_named(tmp_path):
+    raw = generate("food101", tmp_path / "raw", samples=3, classes=1, side_range=(8, 16))
+    text = (raw / "split.json").read_text()
+    (raw / "split.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"split\.json: not valid JSON.*truncated"):
+        convert(WRITERS["food101"], tmp_path / "raw", tmp_path / "out")

@@ -72,8 +72,10 @@ def test_shared_prompts_are_chosen_by_missing_type():
     s_t, s_v = shared_prompts(a_t, a_v, f_t, f_v, torch.tensor([2, 0, 1, 0]))
     for b, base in enumerate([a_v, a_t + a_v, a_t, a_t + a_v]):
         assert torch.allclose(s_t[b], f_t(base), atol=1e-6) and torch.allclose(s_v[b], f_v(base), atol=1e-6)
-    with pytest.raises(ValueError, match=r"missing_type codes must be 0, 1 or 2, got \[3\]"):
-        shared_prompts(a_t, a_v, f_t, f_v, torch.tensor([0, 3]))
+    c = small_config()
+    batch = dict(make_batch(c), missing_type=torch.tensor([0, 3, -1]))
+    with pytest.raises(ValueError, match=r"missing_type codes must be 0, 1 or 2, got \[3, -1\]"):
+        MemPromptTransformer(c)(batch)
 
 
 @pytest.mark.parametrize("layers,match", [([0, 4], r"in \[0, 4\)"), ([1, 1], "unique"), ("0-5", "list")])
@@ -120,7 +122,7 @@ def test_forward_outputs_per_task_and_prompt_layout():
     # text_feats / image_feats exclude the prompts: T text tokens and 1 + cap image tokens
     assert out["text_feats"].shape == (3, 10, 32)
     assert out["image_feats"].shape == out["image_masks"].shape + (32,)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(out["mmimdb_logits"], out["mmimdb_labels"])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out["mmimdb_logits"], out["mmimdb_labels"].double())
     assert torch.allclose(out["mmimdb_loss"], expected)
 
 
@@ -141,3 +143,20 @@ def test_missing_type_as_a_list_of_floats():
     as_list = dict(batch, missing_type=[float(t) for t in batch["missing_type"]])
     assert torch.allclose(_logits(c, as_list)["food101_logits"], _logits(c, batch)["food101_logits"])
     assert math.isfinite(_logits(c, batch)["food101_loss"].item())
+
+
+@pytest.mark.parametrize("fp32_similarity", [False, True])
+def test_autocast_keeps_the_residual_stream_in_fp32(fp32_similarity):
+    """As official AMP: fp16/bf16 matmuls, fp32 residual stream and image tokens, low-precision logits."""
+    c = small_config(fp32_similarity=fp32_similarity)
+    torch.manual_seed(0)
+    model = MemPromptTransformer(c).eval()
+    batch = make_batch(c)
+    with torch.no_grad():
+        exact = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            text, _, image, _ = model.embed(batch)
+            out = model(batch)
+    assert text.dtype == image.dtype == torch.float32
+    assert out["text_feats"].dtype == torch.float32 and out["food101_logits"].dtype == torch.bfloat16
+    assert torch.allclose(out["food101_logits"].float(), exact["food101_logits"], atol=0.1)

@@ -98,4 +98,6 @@ def build_test_loader(config: dict, ratio: float, missing_type: str) -> DataLoad
     return dm.test_dataloader()
 
 
-__all__ = ["Collator", "MissingDataModule", "apply_test_overrides", "build_collator", "build_datamodule", "build_test_loader"]
+__all__ = [
+    "Collator", "MissingDataModule", "apply_test_overrides", "build_collator", "build_datamodule", "build_test_loader"
+]  # fmt: skip

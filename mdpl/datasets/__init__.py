@@ -52,7 +52,7 @@ def build_dataset(config: dict, split: str, name: str | None = None) -> ArrowDat
     table = read_arrow(path, hint)
     missing = load_or_create(
         config["missing_table_root"], arrow_name, table.num_rows, config["missing_ratio"][split],
-        config["missing_type"][split], config["both_ratio"], config.get("table_draw", "official"), config["seed"],
+        config["missing_type"][split], config["both_ratio"], config["table_draw"], config["seed"],
     )  # fmt: skip
     keys = config["train_transform_keys"] if split == "train" else config["val_transform_keys"]
     return ArrowDataset(
@@ -61,9 +61,12 @@ def build_dataset(config: dict, split: str, name: str | None = None) -> ArrowDat
         keys_to_transforms(keys, config["image_size"]),
         missing,
         simulate_missing=config["simulate_missing"] and split == "train",
-        one_text=task.task == "mmimdb" and config.get("mmimdb_one_plot", False),
+        one_text=task.task == "mmimdb" and config["mmimdb_one_plot"],
         multilabel=task.multilabel,
     )
 
 
-__all__ = ["SPLITS", "TASKS", "ArrowDataset", "Task", "build_dataset", "draw_table", "get_task", "load_or_create", "read_arrow", "table_path"]
+__all__ = [
+    "SPLITS", "TASKS", "ArrowDataset", "Task", "build_dataset", "draw_table", "get_task", "load_or_create",
+    "read_arrow", "table_path",
+]  # fmt: skip

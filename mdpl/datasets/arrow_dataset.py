@@ -19,7 +19,8 @@ Image.MAX_IMAGE_PIXELS = None  # as officially
 def read_arrow(path: str | Path, make_hint: str = "") -> pa.Table:
     """The whole arrow IPC file, memory-mapped (image bytes are paged in on access)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"arrow file not found: {path}" + (f"; create it with: {make_hint}" if make_hint else ""))
+        hint = f"; create it with: {make_hint}" if make_hint else ""
+        raise FileNotFoundError(f"arrow file not found: {path}{hint}")
     return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
 
 
@@ -53,7 +54,9 @@ class ArrowDataset(Dataset):
         # Missing images need no decode when every transform is deterministic: the ones' shape is known
         # from the image header (identical output; randomised transforms still run to draw their numbers).
         self.decode_missing = any(t.random for t in transforms)
-        self.index = [(i, k) for i, texts in enumerate(self.texts) for k in range(min(len(texts), 1) if one_text else len(texts))]
+        self.index = [
+            (i, k) for i, texts in enumerate(self.texts) for k in range(min(len(texts), 1) if one_text else len(texts))
+        ]
 
     def __len__(self) -> int:
         return len(self.index)

@@ -20,11 +20,15 @@ from pathlib import Path
 
 import torch
 
+from mdpl.writers.common import atomic_path
+
 CODES = {"complete": 0, "text": 1, "image": 2}
 TYPES = ("text", "image", "both")
 
 
-def table_path(root: str | Path, arrow_name: str, missing_type: str, ratio: float, draw: str = "official", seed: int = 0) -> Path:
+def table_path(
+    root: str | Path, arrow_name: str, missing_type: str, ratio: float, draw: str = "official", seed: int = 0
+) -> Path:
     stem = f"{arrow_name}_missing_{missing_type}_{str(ratio).replace('.', '')}"
     if draw == "seeded":
         stem += f"_seed{seed}"
@@ -33,11 +37,17 @@ def table_path(root: str | Path, arrow_name: str, missing_type: str, ratio: floa
     return Path(root) / f"{stem}.pt"
 
 
+def _check(ratio: float, missing_type: str) -> None:
+    if missing_type not in TYPES:
+        raise ValueError(f"missing_type must be one of {TYPES}, got {missing_type!r}")
+    if not 0 <= ratio <= 1:
+        raise ValueError(f"missing ratio must be in [0, 1], got {ratio!r}")
+
+
 def draw_table(n: int, ratio: float, missing_type: str, both_ratio: float, rng=random) -> torch.Tensor:
     """The official draw: int(n * ratio) rows sampled without replacement; for "both", a both_ratio share of
     them loses the image (code 2) and the rest the text (code 1). `rng` is the `random` module or a Random."""
-    if missing_type not in TYPES:
-        raise ValueError(f"missing_type must be one of {TYPES}, got {missing_type!r}")
+    _check(ratio, missing_type)
     table = torch.zeros(n)
     if ratio > 0:
         index = rng.sample(range(n), int(n * ratio))
@@ -70,11 +80,10 @@ def load_or_create(
     Creation holds an exclusive flock on missing_table_root, so concurrent processes (DDP ranks) end up
     reading one identical table: the first writes it, the others find it when they get the lock.
     """
-    if missing_type not in TYPES:
-        raise ValueError(f"missing_type must be one of {TYPES}, got {missing_type!r}")
+    _check(ratio, missing_type)
+    path = table_path(root, arrow_name, missing_type, ratio, draw, seed)
     if ratio == 0:
         return torch.zeros(n)
-    path = table_path(root, arrow_name, missing_type, ratio, draw, seed)
     if path.exists():
         return _load(path, n)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +94,8 @@ def load_or_create(
             return _load(path, n)
         rng = random if draw == "official" else random.Random(f"{seed}/{path.stem}")
         table = draw_table(n, ratio, missing_type, both_ratio, rng)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(table, tmp)
         return table
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)

@@ -10,8 +10,6 @@ picked by its missing_type code (0 complete, 1 text missing, 2 image missing).
 - prompt_type "attention" (prefix tuning): at layer l the block's keys get prompt[:, :L/2] and its
   values prompt[:, L/2:] (the whole prompt for both when learnt_p is False), unprojected, in front of the
   projected keys/values; nothing is inserted, so cls comes from position 0 (the text [CLS]).
-
-With prompts=None, `run_blocks` is the plain ViLT encoder (prompt_method "none").
 """
 
 import torch
@@ -61,17 +59,15 @@ def add_map_prompts(module: nn.Module, config: dict) -> None:
 
 def select_prompts(module: nn.Module, missing_type: Tensor) -> Tensor:
     """(B,) missing_type codes -> (B, n, L, D) prompts, gathered in one indexing op."""
-    if missing_type.numel() and (missing_type.min() < 0 or missing_type.max() > 2):
-        # the official loop would reuse the previous sample's prompt (NameError for the first sample)
-        raise ValueError(f"batch missing_type has codes {missing_type.unique().tolist()}: expected 0, 1 or 2")
+    bad = (missing_type < 0) | (missing_type > 2)
+    if bool(bad.any()):  # official: the previous sample's prompt is reused (NameError for the first sample)
+        raise ValueError(f"batch missing_type has codes {missing_type[bad].unique().tolist()}: expected 0, 1 or 2")
     bank = torch.stack([getattr(module, name) for name in PROMPT_NAMES])  # (3, n, L, D)
     return bank[missing_type.long()]
 
 
-def run_blocks(
-    blocks: nn.ModuleList, x: Tensor, mask: Tensor, config: dict, prompts: Tensor | None = None
-) -> tuple[Tensor, int]:
-    """Run the ViT blocks over x = [TEXT, IMAGE] (B, N, D) with key mask (B, N), adding MAP prompts.
+def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor, config: dict, prompts: Tensor) -> tuple[Tensor, int]:
+    """Run the ViT blocks over x = [TEXT, IMAGE] (B, N, D) with key mask (B, N) and prompts (B, n, L, D).
 
     Returns (x after the last block, before the final norm; number of tokens inserted in front).
     """
@@ -79,7 +75,7 @@ def run_blocks(
     layers = config["prompt_layers"]
     inserted = 0
     for i, blk in enumerate(blocks):
-        if prompts is None or i not in layers:
+        if i not in layers:
             x = blk(x, mask)
             continue
         p = prompts[:, layers.index(i) if config["multi_layer_prompt"] else 0].to(x.dtype)  # (B, L, D)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mdpl.modules import heads, objectives, weights
 from mdpl.modules.map_prompts import add_map_prompts, run_blocks, select_prompts
-from mdpl.modules.prompts import Bottleneck, PromptMemory, shared_prompts
+from mdpl.modules.prompts import Bottleneck, PromptMemory, check_missing_type, shared_prompts
 from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,7 @@ class MemPromptTransformer(pl.LightningModule):
         """Run the blocks, inserting prompts before each prompt layer. Sequence layout:
         [text-side prompts (nt) | text T | image-side prompts (nv) | image I]. Returns (x, nt, nv)."""
         B, T = text.shape[:2]
+        check_missing_type(missing_type)  # once here, not per layer (a device sync)
         x = torch.cat([text, image], dim=1)
         mask = torch.cat([text_masks, image_masks], dim=1)
         gen = {layer: i for i, layer in enumerate(self.gen_layers)}

@@ -19,13 +19,14 @@ def task_labels(task: str, label: Tensor | list, device: torch.device) -> Tensor
 
 
 def task_loss(task: str, logits: Tensor, labels: Tensor) -> Tensor:
-    """Loss in fp32 (official losses run in fp32 under autocast)."""
+    """Loss in at least fp32 (official losses run in fp32 under autocast)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if task == "mmimdb":
         if labels.shape != logits.shape:
             raise ValueError(f"mmimdb labels must be B x {logits.shape[1]} multi-hot, got {tuple(labels.shape)}")
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
     if task in ("food101", "hatememes"):
-        return F.cross_entropy(logits.float(), labels.long())
+        return F.cross_entropy(logits, labels.long())
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 

@@ -50,13 +50,18 @@ class Bottleneck(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
+def check_missing_type(missing_type: Tensor) -> None:
+    """Codes are 0 complete, 1 text missing, 2 image missing (official: another code silently reuses the
+    previous sample's prompt)."""
+    bad = (missing_type < 0) | (missing_type > 2)
+    if bool(bad.any()):
+        raise ValueError(f"missing_type codes must be 0, 1 or 2, got {missing_type[bad].tolist()}")
+
+
 def shared_prompts(a_t: Tensor, a_v: Tensor, f_text: nn.Module, f_image: nn.Module,
                    missing_type: Tensor) -> tuple[Tensor, Tensor]:
     """The shared prompts chosen by missing type, batched: base 0 -> A_t + A_v, 1 (text missing) -> A_t,
     2 (image missing) -> A_v; each of the three bases goes through the bottlenecks once, then samples
-    gather theirs. Returns (S_t, S_v), each B x L x D."""
-    bad = (missing_type < 0) | (missing_type > 2)
-    if bool(bad.any()):
-        raise ValueError(f"missing_type codes must be 0, 1 or 2, got {missing_type[bad].tolist()}")
+    gather theirs. Returns (S_t, S_v), each B x L x D. Codes must be valid (see check_missing_type)."""
     bases = torch.stack([a_t + a_v, a_t, a_v])  # 3 x L x D
     return f_text(bases)[missing_type], f_image(bases)[missing_type]

@@ -150,7 +150,8 @@ class VisionTransformer(nn.Module):
         valid = (images.sum(dim=1) != 0).float()[:, None]
         valid = F.interpolate(valid, size=(gh, gw), mode="nearest")[:, 0].bool()  # B x gh x gw
         hw = torch.stack([valid[:, :, 0].sum(1), valid[:, 0, :].sum(1)], dim=1)
-        x = (x + self.resized_pos_embed(hw, gh, gw).to(x.dtype)).flatten(2).transpose(1, 2)
+        # no cast: under autocast the fp16 patches + fp32 positions promote to fp32, as official
+        x = (x + self.resized_pos_embed(hw, gh, gw)).flatten(2).transpose(1, 2)
         valid = valid.flatten(1)  # B x n
         n = gh * gw
 
@@ -178,7 +179,7 @@ class VisionTransformer(nn.Module):
         x = x.gather(1, order[..., None].expand(-1, -1, D))
         mask = valid.gather(1, order)
 
-        cls = (self.cls_token + self.pos_embed[:, :1]).to(x.dtype).expand(B, -1, -1)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(B, -1, -1)
         x = self.pos_drop(torch.cat([cls, x], dim=1))
         mask = torch.cat([mask.new_ones(B, 1), mask], dim=1).long()
         return x, mask

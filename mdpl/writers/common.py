@@ -10,6 +10,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,18 +72,25 @@ def read_file(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
-def write_arrow_atomic(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
-    """Write an Arrow IPC file under a temporary name and rename it, so no partial file ever has `path`."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write to: renamed to `path` on success, removed on any failure, so
+    `path` is never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for batch in batches:
-                writer.write_batch(batch)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_arrow_atomic(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> None:
+    """An Arrow IPC file of `batches`, written atomically."""
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 def _record_batches(
@@ -107,7 +115,9 @@ def _record_batches(
         yield pa.RecordBatch.from_pylist(rows, schema=spec.schema)
 
 
-def convert(spec: WriterSpec, root: str | Path, out: str | Path | None = None, skip_bad: bool = False) -> list[SplitReport]:
+def convert(
+    spec: WriterSpec, root: str | Path, out: str | Path | None = None, skip_bad: bool = False
+) -> list[SplitReport]:
     """Convert `root/<raw_subdir>` into one arrow file per split under `out` (default: the official folder)."""
     raw = Path(root) / spec.raw_subdir
     if not raw.is_dir():
@@ -128,9 +138,8 @@ def convert(spec: WriterSpec, root: str | Path, out: str | Path | None = None, s
             )
         if skipped_bad:
             listing = out_dir / f"{stem}_skipped.txt"
-            tmp = listing.with_name(f".{listing.name}.{os.getpid()}.tmp")
-            tmp.write_text("".join(f"{i}\n" for i in skipped_bad))
-            os.replace(tmp, listing)
+            with atomic_path(listing) as tmp:
+                tmp.write_text("".join(f"{i}\n" for i in skipped_bad))
             tqdm.write(f"{stem}: skipped {len(skipped_bad)} unreadable images; ids listed in {listing}")
         tqdm.write(f"{stem}: wrote {report.rows} rows to {path}")
         reports.append(report)
@@ -141,7 +150,10 @@ def load_json(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:  # e.g. the truncated Food-101 split.json of the MDPL archive
+            raise ValueError(f"{path}: not valid JSON ({e}); is the file truncated?") from None
 
 
 def split_ids(split_json: Path, split: str) -> list[str]:

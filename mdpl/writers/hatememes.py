@@ -19,8 +19,9 @@ SCHEMA = pa.schema(
 
 def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
     path = raw / "data" / f"{split}.jsonl"
+    hint = " (the test split must be the labelled test_seen.jsonl)" if split == "test" else ""
     if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}" + (" (use the labelled test_seen.jsonl)" if split == "test" else ""))
+        raise FileNotFoundError(f"file not found: {path}{hint}")
     entries = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -29,7 +30,7 @@ def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
             item = json.loads(line)
             missing = [k for k in ("img", "text", "label") if k not in item]
             if missing:
-                raise KeyError(f"{path}:{n}: missing {missing}" + (" (test must be the labelled test_seen.jsonl)" if "label" in missing else ""))
+                raise KeyError(f"{path}:{n}: missing {missing}{hint}")
             columns = {"text": [item["text"]], "label": item["label"], "split": split}
             entries.append(Entry(item["img"], raw / "data" / item["img"], columns))
     return entries, []
