@@ -19,7 +19,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	@echo "demo: filled in by the training issue"
+	rm -rf demo_output
+	$(PY) -m mdpl.synthetic food101 demo_output/raw --samples 400 --classes 10
+	$(PY) make_arrow.py --dataset food101 --root demo_output/raw --out demo_output/arrows
+	$(PY) run.py -l WARNING with demo data_root=demo_output/arrows log_dir=demo_output/result \
+		missing_table_root=demo_output/missing_tables/ records_root=demo_output/records
+	$(PY) run.py -l WARNING sweep with demo data_root=demo_output/arrows log_dir=demo_output/result \
+		missing_table_root=demo_output/missing_tables/ sweep_ratios='[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]' \
+		load_path=$$(ls demo_output/result/demo_food101_seed42_from_/version_0/checkpoints/epoch=*.ckpt)
 
 clean:
 	rm -rf $(VENV) demo_output

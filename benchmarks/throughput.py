@@ -98,9 +98,11 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS (process so far)"
 
 
-def run_mode(task: str, mode: str, args, device: torch.device) -> dict:
+def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict | None = None) -> dict:
+    """Train and eval samples/s, peak memory and per-sample FLOPs of one mode; `overrides` change the
+    model config (tests use a tiny model)."""
     options = dict(masked_query=True, trim_text=True) if mode == "fast+trim" else {}
-    c = make_config(task, **options)
+    c = make_config(task, **options, **(overrides or {}))
     torch.manual_seed(0)
     model = MemPromptTransformer(c).to(device)
     batch = make_batch(task, args.batch, device)

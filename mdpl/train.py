@@ -115,7 +115,8 @@ def build_trainer(config: dict, logger: bool = True, checkpoints: bool = True, p
     loggers: list = []
     if logger:
         tb = TensorBoardLogger(config["log_dir"], name=run_name(config), default_hp_metric=False)
-        loggers = [tb, CSVLogger(config["log_dir"], name=run_name(config), version=tb.version)]
+        # CSV first: it warns about a folder TensorBoard already wrote to (both share the version folder)
+        loggers = [CSVLogger(config["log_dir"], name=run_name(config), version=tb.version), tb]
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if checkpoints:  # under {log folder}/checkpoints: the best by val/the_metric, and last.ckpt at every validation
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1))

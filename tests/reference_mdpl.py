@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -188,6 +189,16 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
 
 
 # ---- test inputs shared by the model tests and the benchmark
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Model tests run single-threaded: on a shared 2-core machine a 2-thread pool makes small ops ~100x
+    slower (spinning threads). Import this fixture into a test module to apply it there."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def base_config(**overrides) -> dict:

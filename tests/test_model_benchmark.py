@@ -8,6 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import throughput  # noqa: E402
+from reference_mdpl import one_thread  # noqa: E402, F401 (fixture)
 
 
 def test_flop_count_by_hand():
@@ -27,7 +28,9 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
     monkeypatch.setitem(throughput.SHAPES, "food101", dict(text_len=8, image_hw=(64, 96), batch=2,
                                                            real_text=(3, 5), classes=101))
     args = argparse.Namespace(batch=2, steps=1, ref_steps=1, warmup=0, amp_dtype=None)
+    tiny = dict(hidden_size=32, num_heads=4, num_layers=2, image_size=64, patch_size=16, gen_prompt_length=2,
+                shared_prompt_length=2, gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])
     for mode in ["fast", "fast+trim", "reference"]:
-        r = throughput.run_mode("food101", mode, args, torch.device("cpu"))
+        r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
         assert r["train"] > 0 and r["eval"] > 0
     assert r["flops"][1] > 2 * r["flops"][0]  # train > 2 x forward
