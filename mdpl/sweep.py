@@ -33,7 +33,7 @@ MODEL_KEYS = (
 
 def saved_config(path: str) -> dict:
     """The config a Lightning checkpoint of ours stores in its hparams ({} for other checkpoints)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted: ours pickle their hparams
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     return dict(hparams.get("config", {}))
 
@@ -141,7 +141,7 @@ def sweep(_config: dict) -> Path:
             for ratio in config["sweep_ratios"]:
                 point = copy.deepcopy(c)
                 point.update(test_type=missing_type, test_ratio=float(ratio))
-                pl.seed_everything(point["seed"])  # the same tables as test_only with these settings
+                pl.seed_everything(point["seed"], verbose=False)  # the same tables as test_only would draw
                 dm = build_datamodule(point)
                 [metrics] = trainer.test(model, datamodule=dm, verbose=False)
                 row = {"checkpoint": point["load_path"], "prompt_method": point["prompt_method"],

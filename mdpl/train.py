@@ -73,11 +73,10 @@ def arrow_files(config: dict) -> list[tuple[Path, str]]:
 
 def check_config(config: dict) -> None:
     """Raise a clear error for bad input before any work (files are checked, nothing is read)."""
-    for key in ("per_gpu_batchsize", "batch_size", "num_nodes", "num_gpus", "cpu_processes"):
-        if not isinstance(config[key], int) or config[key] < (0 if key == "num_gpus" else 1):
-            raise ValueError(f"config {key}={config[key]!r}: expected a positive integer"
-                             f"{' (or 0 for the CPU)' if key == 'num_gpus' else ''}"
-                             f"{'; per_gpu_batchsize must be set, e.g. per_gpu_batchsize=32' if key == 'per_gpu_batchsize' else ''}")
+    hints = {"per_gpu_batchsize": " (it has no default: set it, e.g. per_gpu_batchsize=32)", "num_gpus": " (0: CPU)"}
+    for key, low in (("per_gpu_batchsize", 1), ("batch_size", 1), ("num_nodes", 1), ("num_gpus", 0), ("cpu_processes", 1)):
+        if not isinstance(config[key], int) or config[key] < low:
+            raise ValueError(f"config {key}={config[key]!r}: expected an integer >= {low}{hints.get(key, '')}")
     accelerator, n = devices(config)
     per_step = config["per_gpu_batchsize"] * n * config["num_nodes"]
     if config["batch_size"] % per_step:
@@ -86,7 +85,8 @@ def check_config(config: dict) -> None:
                          "(gradients are accumulated over batch_size // that many batches)")
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise ValueError(f"config num_gpus={config['num_gpus']} but no CUDA GPU is available; use num_gpus=0 for the CPU")
-    precision(config)
+    if str(config["precision"]) not in PRECISIONS:
+        raise ValueError(f"config precision={config['precision']!r}: expected 16, 'bf16' or 32")
     if not config["data_root"] or not os.path.isdir(config["data_root"]):
         raise FileNotFoundError(f"config data_root={config['data_root']!r}: no such folder (the folder holding the "
                                 "Arrow files written by make_arrow.py)")
@@ -129,8 +129,9 @@ def build_trainer(config: dict, logger: bool = True, checkpoints: bool = True, p
         accelerator=accelerator,
         devices=n,
         num_nodes=config["num_nodes"],
-        # official PL 1.1 DDP searched for unused parameters; multi-node uses Lightning's launch environment
-        strategy="ddp_find_unused_parameters_true" if n * config["num_nodes"] > 1 else "auto",
+        # every trainable parameter gets a gradient each step (prompts are gathered from stacked banks), so
+        # plain DDP; multi-node runs use Lightning's standard launch environment
+        strategy="ddp" if n * config["num_nodes"] > 1 else "auto",
         precision=precision(config),
         max_epochs=config["max_epoch"] if max_steps is None else 1000,
         max_steps=-1 if max_steps is None else max_steps,

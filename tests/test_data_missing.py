@@ -86,7 +86,7 @@ def _create(root, seed, queue):
 
 def test_concurrent_creation_gives_one_identical_table(tmp_path):
     root = tmp_path / "new" / "tables"  # created on demand
-    ctx = mp.get_context("fork")  # fast start; the children only use torch on the CPU
+    ctx = mp.get_context("spawn")  # not fork: a forked child can hang on the parent's OpenMP state
     queue = ctx.Queue()
     procs = [ctx.Process(target=_create, args=(root, seed, queue)) for seed in (1, 2)]
     for p in procs:

@@ -33,4 +33,4 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
     for mode in ["fast", "fast+trim", "reference"]:
         r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
         assert r["train"] > 0 and r["eval"] > 0
-    assert r["flops"][1] > 2 * r["flops"][0]  # train > 2 x forward
+    assert r["flops"][1] > r["flops"][0] > 0  # train > forward

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mdpl.modules import MemPromptTransformer
-from reference_mdpl import one_thread, base_config, make_batch, reference_forward, small_config  # noqa: F401 (one_thread: fixture)
+from reference_mdpl import base_config, make_batch, one_thread, reference_forward, small_config  # noqa: F401
 
 
 def _compare(config: dict, batch: dict, dtype: torch.dtype, tol: float, task: str = "food101") -> None:

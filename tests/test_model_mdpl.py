@@ -8,7 +8,7 @@ import torch
 
 from mdpl.modules import MemPromptTransformer
 from mdpl.modules.prompts import Bottleneck, PromptMemory, shared_prompts
-from reference_mdpl import one_thread, base_config, make_batch, small_config  # noqa: F401 (one_thread: fixture)
+from reference_mdpl import base_config, make_batch, one_thread, small_config  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("task,expected", [("food101", 5_478_821), ("mmimdb", 5_358_935), ("hatememes", 5_326_658)])

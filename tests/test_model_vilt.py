@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mdpl.modules import MemPromptTransformer, vilt
 from mdpl.modules.vilt import Attention, VisionTransformer
-from reference_mdpl import one_thread, make_batch, small_config  # noqa: F401 (one_thread: fixture)
+from reference_mdpl import make_batch, one_thread, small_config  # noqa: F401 (fixture)
 
 
 def _explicit_attention(attn: Attention, x, mask, prefix=None):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mdpl.modules import MemPromptTransformer
 from mdpl.modules.weights import convert_hf_vilt
-from reference_mdpl import one_thread, make_batch, small_config  # noqa: F401 (one_thread: fixture)
+from reference_mdpl import make_batch, one_thread, small_config  # noqa: F401 (fixture)
 
 BACKBONE = ("text_embeddings.", "token_type_embeddings.", "transformer.", "pooler.")
 

@@ -84,6 +84,15 @@ def test_sweep_writes_csv_markdown_and_plot(trained, data, tmp_path):
     assert len(set(ratio0)) == 1
 
 
+def test_sweep_labels_lines_by_method_and_adds_the_stem_only_when_methods_repeat():
+    from mdpl.sweep import _series_names
+
+    assert _series_names([{"prompt_method": "mdpl", "load_path": "a/best.ckpt"},
+                          {"prompt_method": "map", "load_path": "b/best.ckpt"}]) == ["mdpl", "map"]
+    assert _series_names([{"prompt_method": "mdpl", "load_path": "a/x.ckpt"},
+                          {"prompt_method": "mdpl", "load_path": "a/y.ckpt"}]) == ["mdpl:x", "mdpl:y"]
+
+
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
     from mdpl.modules import MemPromptTransformer
 
@@ -143,3 +152,9 @@ def test_precision_16_on_cpu_warns_and_runs_32():
     with pytest.warns(UserWarning, match="precision=16 needs a GPU"):
         assert precision({"precision": 16, "num_gpus": 0, "cpu_processes": 1}) == "32-true"
     assert precision({"precision": "bf16", "num_gpus": 0, "cpu_processes": 1}) == "bf16-mixed"
+
+
+def test_bf16_autocast_fine_tune_on_cpu(data, tmp_path):
+    main(tiny_config("food101", data, tmp_path, precision="bf16", max_epoch=1))
+    [run] = (tmp_path / "result").iterdir()
+    assert 0 <= last_value(read_metrics(run / "version_0"), "val/the_metric") <= 1

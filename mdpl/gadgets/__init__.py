@@ -1,1 +1,1 @@
-"""Training utilities: epoch metrics (REFERENCE §8)."""
+"""Training utilities: epoch metrics (REFERENCE §8) and evaluation records (§10)."""

@@ -250,10 +250,11 @@ class MemPromptTransformer(pl.LightningModule):
     def _log_epoch(self, phase: str) -> dict[str, float]:
         values = self.task_metrics.compute(phase)  # synced across processes by torchmetrics
         self.task_metrics.reset(phase)
-        # every process holds the same values already (the checkpoint callback reads them on each)
+        # every process already holds the same values (the checkpoint callback reads them on each);
+        # sync_dist only averages identical numbers, and keeps Lightning from warning under DDP
         the_metric = f"{phase}/the_metric"
-        self.log_dict({k: v for k, v in values.items() if k != the_metric})
-        self.log(the_metric, values[the_metric], prog_bar=phase != "train")
+        self.log_dict({k: v for k, v in values.items() if k != the_metric}, sync_dist=True)
+        self.log(the_metric, values[the_metric], prog_bar=phase != "train", sync_dist=True)
         return {k: float(v) for k, v in values.items()}
 
     def on_train_epoch_end(self) -> None:
