@@ -67,6 +67,15 @@ def block(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
     return x + linear(gelu(linear(y, p, f"{pre}.mlp.fc1")), p, f"{pre}.mlp.fc2")
 
 
+def text_tokens(ids: Tensor, p: dict) -> Tensor:
+    """One sample's text: LN(word + BERT type 0 + position) (eps 1e-12), plus ViLT's text type embedding."""
+    te = p["text_embeddings.word_embeddings.weight"][ids] + \
+        p["text_embeddings.position_embeddings.weight"][:ids.shape[0]] + \
+        p["text_embeddings.token_type_embeddings.weight"][0]
+    te = layer_norm(te, p["text_embeddings.LayerNorm.weight"], p["text_embeddings.LayerNorm.bias"], 1e-12)
+    return te + p["token_type_embeddings.weight"][0]
+
+
 def image_tokens(images: Tensor, p: dict, patch: int) -> tuple[list[Tensor], list[Tensor]]:
     """Per sample: (tokens 1+cap x D, mask 1+cap), fixed patch order."""
     B, _, H, W = images.shape
@@ -128,10 +137,7 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
     T = ids.shape[1]
     feats = []
     for b in range(ids.shape[0]):
-        te = p["text_embeddings.word_embeddings.weight"][ids[b]] + \
-            p["text_embeddings.position_embeddings.weight"][:T] + p["text_embeddings.token_type_embeddings.weight"][0]
-        te = layer_norm(te, p["text_embeddings.LayerNorm.weight"], p["text_embeddings.LayerNorm.bias"], 1e-12)
-        te = te + p["token_type_embeddings.weight"][0]
+        te = text_tokens(ids[b], p)
         tm, im, ie = tmask[b], img_masks[b], img_toks[b]
         mtype = int(batch["missing_type"][b])
         t_side, v_side = te[:0], te[:0]  # the prompt tokens on each side (0 x D at first)

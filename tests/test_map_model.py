@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mdpl.modules import MemPromptTransformer
-from reference_mdpl import gelu, image_tokens, layer_norm, linear, make_batch, small_config
+from reference_mdpl import gelu, image_tokens, layer_norm, linear, make_batch, small_config, text_tokens
 
 PROMPTS = ("complete_prompt", "missing_text_prompt", "missing_img_prompt")
 
@@ -67,14 +67,10 @@ def reference_forward(p: dict, c: dict, batch: dict, task: str = "food101"):
     prompt for both without learnt_p), pool token 0. "none": no prompts, pool token 0."""
     img_toks, img_masks = image_tokens(batch["image"][0], p, c["patch_size"])
     ids, tmask = batch["text_ids"], batch["text_masks"]
-    T = ids.shape[1]
     layers = c["prompt_layers"]
     feats = []
     for b in range(ids.shape[0]):
-        te = p["text_embeddings.word_embeddings.weight"][ids[b]] + \
-            p["text_embeddings.position_embeddings.weight"][:T] + p["text_embeddings.token_type_embeddings.weight"][0]
-        te = layer_norm(te, p["text_embeddings.LayerNorm.weight"], p["text_embeddings.LayerNorm.bias"], 1e-12)
-        te = te + p["token_type_embeddings.weight"][0]
+        te = text_tokens(ids[b], p)
         x = torch.cat([te, img_toks[b]])
         mask = torch.cat([tmask[b], img_masks[b]])
         mtype = int(batch["missing_type"][b])

@@ -13,8 +13,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from mdpl.gadgets.metrics import TaskMetrics
+from mdpl.gadgets.records import append_records
 from mdpl.modules import heads, objectives, weights
 from mdpl.modules.map_prompts import add_map_prompts, run_blocks, select_prompts
+from mdpl.modules.optim import build_optimizer, build_scheduler
 from mdpl.modules.prompts import Bottleneck, PromptMemory, check_missing_type, shared_prompts
 from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
 
@@ -221,8 +224,6 @@ class MemPromptTransformer(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # metric states are not persistent, so they stay out of checkpoints
         if not hasattr(self, "task_metrics"):
-            from mdpl.gadgets.metrics import TaskMetrics
-
             self.task_metrics = TaskMetrics(self.hparams.config)
 
     def _shared_step(self, batch: dict, phase: str) -> Tensor:
@@ -267,13 +268,9 @@ class MemPromptTransformer(pl.LightningModule):
         values = self._log_epoch("test")
         c = self.hparams.config
         if c["test_exp_name"] is not None and self.trainer.is_global_zero:
-            from mdpl.gadgets.records import append_records
-
             append_records(c, values)
 
     def configure_optimizers(self) -> dict:
-        from mdpl.modules.optim import build_optimizer, build_scheduler
-
         c = self.hparams.config
         max_steps = c["max_steps"]
         if max_steps is None:  # official: len(train loader) * max_epoch // accumulation

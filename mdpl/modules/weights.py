@@ -23,6 +23,15 @@ FOREIGN_HINTS = {
 }
 
 
+def prompt_method_of(sd: dict[str, Tensor]) -> str:
+    """The prompt_method a fine-tuned state dict was trained with, told by its parameter names
+    (official checkpoints do not record it)."""
+    found = {FOREIGN_HINTS[k.split(".")[0]].lower() for k in sd if k.split(".")[0] in FOREIGN_HINTS}
+    if len(found) > 1:
+        raise ValueError(f"checkpoint holds both MAP and MDPL prompt parameters: {sorted(found)}")
+    return found.pop() if found else "none"
+
+
 def read_state_dict(path: str, what: str = "load_path") -> dict[str, Tensor]:
     """Tensors from a Lightning/official checkpoint ({"state_dict": ...}), a plain state dict (.pt/.bin),
     a .safetensors file, or a Hugging Face model folder (model.safetensors or pytorch_model.bin)."""
