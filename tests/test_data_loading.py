@@ -159,6 +159,22 @@ def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
     ]  # fmt: skip
 
 
+def test_prepare_data_draws_the_tables_that_every_rank_then_loads(data, tmp_path):
+    # Lightning calls prepare_data on local rank 0 only, before any rank's setup
+    settings = dict(missing_type={"train": "image", "val": "text", "test": "both"},
+                    missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})
+    random.seed(42)
+    single = build_datamodule(make_config(data, tmp_path / "single", **settings))
+    single.setup("fit")  # one process: draws train, val, test in turn
+    random.seed(42)
+    build_datamodule(make_config(data, tmp_path / "ddp", **settings)).prepare_data()  # rank 0
+    random.seed(7)  # another rank's `random` is elsewhere in its stream: it must draw nothing
+    other_rank = build_datamodule(make_config(data, tmp_path / "ddp", **settings))
+    other_rank.setup("fit")
+    for split in ("train", "val", "test"):
+        assert other_rank.datasets[split].missing == single.datasets[split].missing, split
+
+
 def test_test_overrides_touch_val_and_test_only(data, tmp_path):
     cfg = make_config(data, tmp_path, test_ratio=0.5, test_type="text")
     dm = build_datamodule(cfg)

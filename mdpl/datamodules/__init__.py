@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mdpl.datamodules.collate import Collator
-from mdpl.datasets import SPLITS, build_dataset
+from mdpl.datasets import SPLITS, build_dataset, missing_table
 from mdpl.tokenizer import get_tokenizer
 
 
@@ -47,6 +47,15 @@ class MissingDataModule(pl.LightningDataModule):
         self.config = config
         self.datasets: dict[str, Dataset] = {}
         self.collate = build_collator(config)
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on local rank 0 alone, before any setup(): the tables are drawn here in the
+        # official order, so every rank then loads what a single process would have drawn. (A rank that
+        # found, say, the train table already written would skip that draw and draw val and test from
+        # another point of the global `random` stream.)
+        for name in self.config["datasets"]:
+            for split in SPLITS:
+                missing_table(self.config, split, name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -39,21 +39,31 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def build_dataset(config: dict, split: str, name: str | None = None) -> ArrowDataset:
-    """The `split` dataset of config["datasets"][0] (or `name`), with its missing table loaded or created
-    from config missing_ratio[split], missing_type[split], both_ratio, missing_table_root, table_draw, seed."""
+def _arrow(config: dict, split: str, task: Task):
+    hint = f"python make_arrow.py --dataset {task.writer.name} --root R --out {config['data_root'] or '.'}"
+    return read_arrow(Path(config["data_root"]) / f"{task.arrow_name(split)}.arrow", hint)
+
+
+def missing_table(config: dict, split: str, name: str | None = None, num_rows: int | None = None):
+    """The `split` missing table of config["datasets"][0] (or `name`): loaded, or drawn and saved, from
+    config missing_ratio[split], missing_type[split], both_ratio, missing_table_root, table_draw, seed."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    name = name if name is not None else config["datasets"][0]
-    task = get_task(name)
-    arrow_name = task.arrow_name(split)
-    path = Path(config["data_root"]) / f"{arrow_name}.arrow"
-    hint = f"python make_arrow.py --dataset {task.writer.name} --root R --out {config['data_root'] or '.'}"
-    table = read_arrow(path, hint)
-    missing = load_or_create(
-        config["missing_table_root"], arrow_name, table.num_rows, config["missing_ratio"][split],
+    task = get_task(name if name is not None else config["datasets"][0])
+    if num_rows is None:
+        num_rows = _arrow(config, split, task).num_rows
+    return load_or_create(
+        config["missing_table_root"], task.arrow_name(split), num_rows, config["missing_ratio"][split],
         config["missing_type"][split], config["both_ratio"], config["table_draw"], config["seed"],
     )  # fmt: skip
+
+
+def build_dataset(config: dict, split: str, name: str | None = None) -> ArrowDataset:
+    """The `split` dataset of config["datasets"][0] (or `name`), with its missing table (see missing_table)."""
+    name = name if name is not None else config["datasets"][0]
+    task = get_task(name)
+    table = _arrow(config, split, task)
+    missing = missing_table(config, split, name, table.num_rows)
     keys = config["train_transform_keys"] if split == "train" else config["val_transform_keys"]
     return ArrowDataset(
         table,
@@ -68,5 +78,5 @@ def build_dataset(config: dict, split: str, name: str | None = None) -> ArrowDat
 
 __all__ = [
     "SPLITS", "TASKS", "ArrowDataset", "Task", "build_dataset", "draw_table", "get_task", "load_or_create",
-    "read_arrow", "table_path",
+    "missing_table", "read_arrow", "table_path",
 ]  # fmt: skip
