@@ -15,10 +15,9 @@ import os
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 
 from mdpl.gadgets.metrics import THE_METRIC, active_tasks
-from mdpl.modules.weights import prompt_method_of
+from mdpl.modules.weights import load_checkpoint, prompt_method_of
 from mdpl.train import MISSING_TYPES, build_trainer, check_config, plain
 
 # keys that shape the model: taken from the checkpoint's saved config so it is rebuilt as it was trained
@@ -35,7 +34,7 @@ MODEL_KEYS = (
 def saved_config(path: str) -> dict:
     """The config a checkpoint stores in its hparams ({} if none), with its prompt_method told by its
     parameter names where the config does not record it (official MDPL and MAP checkpoints)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # trusted: ours pickle their hparams
+    ckpt = load_checkpoint(path, "sweep_paths / load_path")
     hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     config = dict(hparams.get("config", {}))
     if "prompt_method" not in config:

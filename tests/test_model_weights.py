@@ -71,6 +71,13 @@ def test_load_path_not_found_is_an_error(tmp_path):
         MemPromptTransformer(small_config(load_path=str(tmp_path / "nope.ckpt")))
 
 
+@pytest.mark.parametrize("name", ["corrupt.ckpt", "corrupt.safetensors"])
+def test_corrupt_checkpoint_is_an_error_naming_the_file(tmp_path, name):
+    (tmp_path / name).write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=rf"load_path=.*{name}.*not a readable"):
+        MemPromptTransformer(small_config(load_path=str(tmp_path / name)))
+
+
 def test_empty_load_path_warns_about_random_init(caplog):
     with caplog.at_level(logging.WARNING):
         MemPromptTransformer(small_config())

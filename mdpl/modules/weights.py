@@ -32,6 +32,15 @@ def prompt_method_of(sd: dict[str, Tensor]) -> str:
     return found.pop() if found else "none"
 
 
+def load_checkpoint(path: str, what: str = "load_path") -> object:
+    """torch.load on the CPU, with an error naming the file when it is not a checkpoint."""
+    try:  # checkpoints are trusted input: Lightning checkpoints pickle their hyper-parameters
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # pickle and zip errors come in many types
+        raise ValueError(f"{what}={path!r}: not a readable checkpoint ({type(e).__name__}: {e}); expected a "
+                         "Lightning or official .ckpt, a state dict .pt/.bin, or a .safetensors file") from e
+
+
 def read_state_dict(path: str, what: str = "load_path") -> dict[str, Tensor]:
     """Tensors from a Lightning/official checkpoint ({"state_dict": ...}), a plain state dict (.pt/.bin),
     a .safetensors file, or a Hugging Face model folder (model.safetensors or pytorch_model.bin)."""
@@ -45,9 +54,11 @@ def read_state_dict(path: str, what: str = "load_path") -> dict[str, Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path)
-    # checkpoints are trusted input: Lightning checkpoints pickle their hyper-parameters
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors raises its own error types
+            raise ValueError(f"{what}={path!r}: not a readable .safetensors file ({e})") from e
+    obj = load_checkpoint(path, what)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
