@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 from mdpl.gadgets.metrics import THE_METRIC, active_tasks
 from mdpl.modules.weights import load_checkpoint, prompt_method_of
 from mdpl.train import MISSING_TYPES, build_trainer, check_config, plain
+from mdpl.writers.common import atomic_path
 
 # keys that shape the model: taken from the checkpoint's saved config so it is rebuilt as it was trained
 MODEL_KEYS = (
@@ -66,9 +67,8 @@ def _next_version(folder: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_outputs(rows: list[dict], out_dir: Path, metric_title: str) -> str:

@@ -156,3 +156,12 @@ def test_truncated_json_is_named(tmp_path):
     (raw / "split.json").write_text(text[: len(text) // 2])
     with pytest.raises(ValueError, match=r"split\.json: not valid JSON.*truncated"):
         convert(WRITERS["food101"], tmp_path / "raw", tmp_path / "out")
+
+
+def test_corrupt_jsonl_line_is_named(tmp_path):
+    raw = generate("hateful_memes", tmp_path / "raw", samples=6, side_range=(8, 16))
+    with open(raw / "data" / "train.jsonl", "a") as f:
+        f.write('{"img": "img/x.png", "text": \n')
+    with pytest.raises(ValueError, match=r"train\.jsonl:\d+: not a JSON object"):
+        convert(WRITERS["hateful_memes"], tmp_path / "raw", tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from mdpl.writers.common import atomic_path
 
 
 def records_path(config: dict, task: str) -> str:
@@ -35,9 +38,7 @@ def append_records(config: dict, values: dict[str, float], phase: str = "test") 
         path = records_path(config, task)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         old = open(path).read() if os.path.exists(path) else ""
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(old + records_line(config, task, values, phase) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(old + records_line(config, task, values, phase) + "\n")
         paths.append(path)
     return paths

@@ -15,6 +15,8 @@ picked by its missing_type code (0 complete, 1 text missing, 2 image missing).
 import torch
 from torch import Tensor, nn
 
+from mdpl.modules.prompts import check_missing_type, layer_list
+
 # Official attribute names (MAP checkpoints load as they are), in missing_type code order.
 PROMPT_NAMES = ("complete_prompt", "missing_text_prompt", "missing_img_prompt")
 # The row set to 1 at init, per tensor (official: complete 0, text missing 2, image missing 1).
@@ -31,16 +33,8 @@ def check_map_config(config: dict) -> None:
     if config["prompt_type"] == "attention" and config["learnt_p"] and length % 2:
         # keys get the first half and values the second: both halves must have the same length
         raise ValueError(f'config prompt_length={length}: prompt_type "attention" with learnt_p needs an even length')
-    n_blocks = config["num_layers"]
-    if (
-        not isinstance(layers, (list, tuple))
-        or not layers
-        or len(set(layers)) != len(layers)
-        or not all(isinstance(i, int) and 0 <= i < n_blocks for i in layers)
-    ):
-        raise ValueError(
-            f"config prompt_layers={layers!r}: expected a non-empty list of distinct block indices in [0, {n_blocks})"
-        )
+    if not layer_list(config, "prompt_layers"):
+        raise ValueError(f"config prompt_layers={layers!r}: MAP needs at least one prompt layer")
 
 
 def add_map_prompts(module: nn.Module, config: dict) -> None:
@@ -59,9 +53,7 @@ def add_map_prompts(module: nn.Module, config: dict) -> None:
 
 def select_prompts(module: nn.Module, missing_type: Tensor) -> Tensor:
     """(B,) missing_type codes -> (B, n, L, D) prompts, gathered in one indexing op."""
-    bad = (missing_type < 0) | (missing_type > 2)
-    if bool(bad.any()):  # official: the previous sample's prompt is reused (NameError for the first sample)
-        raise ValueError(f"batch missing_type has codes {missing_type[bad].unique().tolist()}: expected 0, 1 or 2")
+    check_missing_type(missing_type)
     bank = torch.stack([getattr(module, name) for name in PROMPT_NAMES])  # (3, n, L, D)
     return bank[missing_type.long()]
 

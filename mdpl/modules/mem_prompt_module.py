@@ -18,22 +18,12 @@ from mdpl.gadgets.records import append_records
 from mdpl.modules import heads, objectives, weights
 from mdpl.modules.map_prompts import add_map_prompts, run_blocks, select_prompts
 from mdpl.modules.optim import build_optimizer, build_scheduler
-from mdpl.modules.prompts import Bottleneck, PromptMemory, check_missing_type, shared_prompts
+from mdpl.modules.prompts import Bottleneck, PromptMemory, check_missing_type, layer_list, shared_prompts
 from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
 
 log = logging.getLogger(__name__)
 
 PROMPT_METHODS = ("mdpl", "map", "none")
-
-
-def _layer_list(config: dict, key: str) -> list[int]:
-    layers = config[key]
-    n = config["num_layers"]
-    if not isinstance(layers, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < n for i in layers):
-        raise ValueError(f"config {key}={layers!r}: expected a list of layer numbers in [0, {n})")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"config {key}={layers!r}: layer numbers must be unique")
-    return list(layers)
 
 
 class MemPromptTransformer(pl.LightningModule):
@@ -70,8 +60,8 @@ class MemPromptTransformer(pl.LightningModule):
 
         # --- prompts; ModuleLists are indexed by position in the layer list (official key numbering)
         if self.prompt_method == "mdpl":
-            self.gen_layers = _layer_list(c, "gen_prompt_layers")
-            self.shared_layers = _layer_list(c, "shared_prompt_layers")
+            self.gen_layers = layer_list(c, "gen_prompt_layers")
+            self.shared_layers = layer_list(c, "shared_prompt_layers")
             Lg, Ls = c["gen_prompt_length"], c["shared_prompt_length"]
             mem = lambda: PromptMemory(c["mem_size"], Lg, D, c["top_k"], c["fp32_similarity"])  # noqa: E731
             self.gen_v_prompt_memory = nn.ModuleList([mem() for _ in self.gen_layers])

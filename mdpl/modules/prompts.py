@@ -50,6 +50,18 @@ class Bottleneck(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
+def layer_list(config: dict, key: str) -> list[int]:
+    """config[key] checked as a list of unique block numbers in [0, num_layers) (official: only [0..n-1]
+    works, since its lists are indexed by layer number)."""
+    layers = config[key]
+    n = config["num_layers"]
+    if not isinstance(layers, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < n for i in layers):
+        raise ValueError(f"config {key}={layers!r}: expected a list of layer numbers in [0, {n})")
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"config {key}={layers!r}: layer numbers must be unique")
+    return list(layers)
+
+
 def check_missing_type(missing_type: Tensor) -> None:
     """Codes are 0 complete, 1 text missing, 2 image missing (official: another code silently reuses the
     previous sample's prompt)."""

@@ -27,7 +27,10 @@ def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            item = json.loads(line)
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
             missing = [k for k in ("img", "text", "label") if k not in item]
             if missing:
                 raise KeyError(f"{path}:{n}: missing {missing}{hint}")
