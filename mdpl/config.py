@@ -30,19 +30,16 @@ def _loss_names(d: dict) -> dict:
 
 @ex.config
 def config():
-    # --- run
     exp_name = "src"
     seed = 42
     datasets = ["coco", "vg", "sbu", "gcc"]  # override with a task's named config
-    loss_names = _loss_names({"itm": 1, "mlm": 1})
+    loss_names = _loss_names({"itm": 1, "mlm": 1})  # a task config sets its task to 1 (itm, mlm...: unused)
     batch_size = 4096  # the effective batch: gradients are accumulated up to it
 
-    # --- evaluation
     test_ratio = None  # if set, replaces missing_ratio for val and test
     test_type = None  # if set, replaces missing_type for val and test
     test_exp_name = None  # if set, evaluation appends a records line (see README)
 
-    # --- missing modalities
     fix_model = True  # official, unused: the backbone is always frozen
     missing_ratio = {"train": 0.7, "val": 0.7, "test": 0.7}
     missing_type = {"train": "image", "val": "image", "test": "image"}  # text | image | both
@@ -52,11 +49,10 @@ def config():
     table_draw = "official"  # mdpl: "official" = global random.sample after seeding; "seeded" = own generator
     mmimdb_one_plot = False  # mdpl: True keeps one plot (the first) per movie instead of one sample per plot
 
-    # --- prompts
     prompt_method = "mdpl"  # mdpl: "mdpl", "map" (missing-aware prompts) or "none" (plain frozen ViLT)
-    prompt_type = "input"  # "input": classify from the text [CLS]; MAP also has "attention"
-    learnt_p = True  # MAP: trainable prompts; official MDPL reads it but ignores it
-    multi_layer_prompt = True  # MAP: one prompt per prompt layer; official MDPL ignores it
+    prompt_type = "input"  # "input": classify from the text [CLS]; "attention" (MAP only): prefix keys/values
+    learnt_p = True  # MAP: trainable prompts (MDPL: official, unused)
+    multi_layer_prompt = True  # MAP: one prompt per prompt layer (MDPL: official, unused)
     gen_prompt_length = 16
     gen_prompt_layers = [0, 1, 2, 3, 4, 5]
     shared_prompt_length = 16
@@ -70,27 +66,24 @@ def config():
     fp32_similarity = False  # mdpl: memory similarities in fp32 under autocast (official: fp16 top-k)
     trim_text = False  # mdpl: cut each batch's text to its longest; needs masked_query to keep results
 
-    # --- image
     train_transform_keys = ["pixelbert"]
     val_transform_keys = ["pixelbert"]
     image_size = 384
     max_image_len = -1
     patch_size = 32
-    draw_false_image = 1  # official, unused here (no ITM)
-    image_only = False
+    draw_false_image = 1  # official, unused
+    image_only = False  # official, unused
     patch_order = "random"  # mdpl: "random" (official random permutation) or "fixed" (row-major, reproducible)
 
-    # --- text
     vqav2_label_size = 3129  # official, unused
     max_text_len = 40
     tokenizer = "bert-base-uncased"  # the bundled vocabulary, or a local Hugging Face tokenizer folder
     vocab_size = 30522
-    whole_word_masking = False
-    mlm_prob = 0.15
-    draw_false_text = 0
+    whole_word_masking = False  # official, unused (no MLM objective)
+    mlm_prob = 0.15  # official, unused (no MLM objective)
+    draw_false_text = 0  # official, unused
 
-    # --- transformer
-    vit = "vit_base_patch32_384"
+    vit = "vit_base_patch32_384"  # official, unused: the ViT shape comes from the keys below
     hidden_size = 768
     num_heads = 12
     num_layers = 12
@@ -98,7 +91,6 @@ def config():
     drop_rate = 0.1
     vit_weights = ""  # mdpl: timm ViT state dict used when load_path is "" (official: timm's ImageNet download)
 
-    # --- optimiser
     optim_type = "adamw"  # adamw | adam | sgd
     learning_rate = 1e-4
     weight_decay = 0.01
@@ -109,13 +101,11 @@ def config():
     end_lr = 0
     lr_mult = 1  # learning-rate multiplier for the heads
 
-    # --- heads
-    get_recall_metric = False
+    get_recall_metric = False  # official, unused
     mmimdb_class_num = 23
     hatememes_class_num = 2
     food101_class_num = 101
 
-    # --- trainer
     resume_from = None
     fast_dev_run = False
     val_check_interval = 1.0
@@ -131,11 +121,11 @@ def config():
     precision = 16
     records_root = "./records"  # mdpl: where test_exp_name records go (official: ./records)
 
-    # --- sweep (the `sweep` command)
     sweep_paths = []  # mdpl: checkpoints to evaluate; empty means [load_path]
     sweep_types = ["text", "image", "both"]  # mdpl
     sweep_ratios = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # mdpl
     cpu_processes = 1  # mdpl: with num_gpus=0, CPU processes (DDP over gloo when > 1; tests and debugging)
+    trust_checkpoint = False  # mdpl: True lets torch.load unpickle arbitrary objects (only for files you trust)
 
 
 def _finetune(exp_name: str, datasets: list, task: str, lr: float, val_check: float, text_len: int) -> dict:
@@ -166,7 +156,7 @@ ex.add_named_config(
 )
 
 
-# MAP baseline (REFERENCE §11): the task's settings with MAP's published lr 1e-2, seed 0 and missing type
+# MAP baseline (docs/official-behaviour.md#map-baseline): the task's settings with MAP's published lr 1e-2, seed 0 and missing type
 # "both" for train/val/test. (Plain frozen ViLT: the MDPL task config with prompt_method=none.)
 def _map(exp_name: str, datasets: list, task: str, val_check: float, text_len: int) -> dict:
     both = {"train": "both", "val": "both", "test": "both"}
@@ -192,3 +182,23 @@ ex.add_named_config("demo", dict(
     precision=32, num_workers=2, missing_type={"train": "both", "val": "both", "test": "both"},
     drop_rate=0.0,  # dropout in a random frozen backbone drowns its weak per-sample signal
 ))
+
+
+@ex.command(unobserved=True)
+def resolved_config(_config):
+    """The configuration as a plain dict (`make_config`)."""
+    return _config
+
+
+def make_config(*named: str, **updates) -> dict:
+    """The configuration of `python run.py with <named...> key=value ...` as a plain dict, without running."""
+    from mdpl.settings import plain
+
+    run = ex.run("resolved_config", config_updates=updates, named_configs=list(named),
+                 options={"--loglevel": "ERROR"})
+    return plain(run.result)
+
+
+def command_line_keys(run) -> set[str]:
+    """The top-level keys a sacred run set explicitly with key=value (named configs excluded)."""
+    return set(run.meta_info.get("config_updates") or {})

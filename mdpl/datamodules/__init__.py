@@ -1,12 +1,10 @@
-"""The LightningDataModule for config["datasets"] (REFERENCE §3-§4; see DATA.md).
+"""The LightningDataModule for settings.data.datasets (see DATA.md).
 
-Loaders are plain torch DataLoaders: train shuffles, val and test do not (official val shuffled,
-REFERENCE §12.9). Under DDP, Lightning swaps in a DistributedSampler (use_distributed_sampler default).
+Loaders are plain torch DataLoaders: train shuffles, val and test do not (official val shuffled; see
+docs/official-behaviour.md#official-defects-and-our-fixes). Under DDP, Lightning swaps in a DistributedSampler.
 """
 
 from __future__ import annotations
-
-import copy
 
 import pytorch_lightning as pl
 import torch
@@ -14,56 +12,41 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mdpl.datamodules.collate import Collator
 from mdpl.datasets import SPLITS, build_dataset, missing_table
+from mdpl.settings import Settings
 from mdpl.tokenizer import get_tokenizer
 
 
-def apply_test_overrides(config: dict) -> None:
-    """test_ratio / test_type replace the val and test missing settings (never train), in place, as
-    officially, so the run's hparams record them."""
-    if config["test_ratio"] is not None:
-        config["missing_ratio"]["val"] = config["missing_ratio"]["test"] = config["test_ratio"]
-    if config["test_type"] is not None:
-        config["missing_type"]["val"] = config["missing_type"]["test"] = config["test_type"]
-
-
-def build_collator(config: dict) -> Collator:
-    mlm = config["loss_names"].get("mlm", 0) > 0
-    return Collator(
-        get_tokenizer(config["tokenizer"]), config["max_text_len"], config["mlm_prob"] if mlm else None,
-        config["whole_word_masking"],
-    )  # fmt: skip
+def build_collator(settings: Settings) -> Collator:
+    return Collator(get_tokenizer(settings.model.tokenizer), settings.model.max_text_len)
 
 
 class MissingDataModule(pl.LightningDataModule):
-    """Train/val/test datasets of every config["datasets"] entry (concatenated when several, as the
+    """Train/val/test datasets of every settings.data.datasets entry (concatenated when several, as the
     official MTDataModule). setup() builds them once, dataset by dataset in train, val, test order, which is
     the order the official global-RNG table draws depend on."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
-        if not config["per_gpu_batchsize"] or config["per_gpu_batchsize"] < 1:
-            raise ValueError(f"per_gpu_batchsize must be set to a positive int, got {config['per_gpu_batchsize']!r}")
-        apply_test_overrides(config)
-        self.config = config
+        self.settings = settings
         self.datasets: dict[str, Dataset] = {}
-        self.collate = build_collator(config)
+        self.collate = build_collator(settings)
 
     def prepare_data(self) -> None:
         # Lightning runs this on local rank 0 alone, before any setup(): the tables are drawn here in the
         # official order, so every rank then loads what a single process would have drawn. (A rank that
         # found, say, the train table already written would skip that draw and draw val and test from
         # another point of the global `random` stream.)
-        for name in self.config["datasets"]:
+        for name in self.settings.data.datasets:
             for split in SPLITS:
-                missing_table(self.config, split, name)
+                missing_table(self.settings, split, name)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         per_split: dict[str, list[Dataset]] = {s: [] for s in SPLITS}
-        for name in self.config["datasets"]:
+        for name in self.settings.data.datasets:
             for split in SPLITS:
-                per_split[split].append(build_dataset(self.config, split, name))
+                per_split[split].append(build_dataset(self.settings, split, name))
         self.datasets = {s: d[0] if len(d) == 1 else ConcatDataset(d) for s, d in per_split.items()}
 
     def _loader(self, split: str) -> DataLoader:
@@ -71,9 +54,9 @@ class MissingDataModule(pl.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         return DataLoader(
             self.datasets[split],
-            batch_size=self.config["per_gpu_batchsize"],
+            batch_size=self.settings.data.per_gpu_batchsize,
             shuffle=split == "train",
-            num_workers=self.config["num_workers"],
+            num_workers=self.settings.data.num_workers,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate,
         )
@@ -88,25 +71,21 @@ class MissingDataModule(pl.LightningDataModule):
         return self._loader("test")
 
 
-def build_datamodule(config: dict) -> MissingDataModule:
-    """The datamodule for config["datasets"]; note that it applies test_ratio/test_type to `config`."""
-    return MissingDataModule(config)
+def build_datamodule(settings: Settings) -> MissingDataModule:
+    return MissingDataModule(settings)
 
 
-def build_test_loader(config: dict, ratio: float, missing_type: str) -> DataLoader:
-    """A test loader for another (ratio, type) setting, without touching `config` or any model.
+def build_test_loader(settings: Settings, ratio: float, missing_type: str) -> DataLoader:
+    """A test loader for another (ratio, type) setting, leaving `settings` alone.
 
-    It runs the whole official setup on a copy with test_ratio/test_type set (train and val tables are
-    loaded or drawn first), so with table_draw="official" the caller seeds `random` as a run would
-    (pl.seed_everything(config["seed"])) to get the official test table of a fresh run with these overrides.
+    It runs the whole official setup with test_ratio/test_type set (train and val tables are loaded or drawn
+    first), so with table_draw="official" the caller seeds `random` as a run would
+    (pl.seed_everything(seed)) to get the official test table of a fresh run with these overrides.
     """
-    cfg = copy.deepcopy(dict(config))
-    cfg["test_ratio"], cfg["test_type"] = ratio, missing_type
-    dm = build_datamodule(cfg)
+    point = Settings.from_config({**settings.config, "test_ratio": ratio, "test_type": missing_type})
+    dm = build_datamodule(point)
     dm.setup("test")
     return dm.test_dataloader()
 
 
-__all__ = [
-    "Collator", "MissingDataModule", "apply_test_overrides", "build_collator", "build_datamodule", "build_test_loader"
-]  # fmt: skip
+__all__ = ["Collator", "MissingDataModule", "build_collator", "build_datamodule", "build_test_loader"]

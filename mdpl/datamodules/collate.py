@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch.utils.data import get_worker_info
-from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 
 def _batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -30,47 +30,25 @@ def pad_images(images: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
 
 
 class Collator:
-    """Turns dataset items into the batch of the team contract (see DATA.md).
+    """Turns dataset items into a batch: image canvases (one per transform key), token ids and masks padded
+    to max_text_len, labels and missing codes (see DATA.md). No MLM masking: no objective here reads it."""
 
-    text_ids_mlm / text_labels_mlm are produced only when `mlm_prob` is given (an MLM objective is on):
-    official code always ran the MLM collator (REFERENCE §12.12), which only consumed torch RNG.
-    """
-
-    def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, max_text_len: int, mlm_prob: float | None = None,
-        whole_word_masking: bool = False,
-    ) -> None:  # fmt: skip
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_text_len: int) -> None:
         self.tokenizer = tokenizer
         self.max_text_len = max_text_len
-        self.mlm = None
-        if mlm_prob is not None:
-            wwm = {"whole_word_mask": True} if whole_word_masking else {}  # only recent transformers have this flag
-            self.mlm = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=mlm_prob, **wwm)
 
     def __call__(self, items: list[dict]) -> dict:
         views = list(zip(*(it["image"] for it in items)))  # per transform key: the batch's images
         h = max(v.shape[1] for view in views for v in view)  # one canvas size for all keys, as officially
         w = max(v.shape[2] for view in views for v in view)
-
         texts = [it["text"] for it in items]
-        wwm = self.mlm is not None and getattr(self.mlm, "whole_word_mask", False)
-        enc = self.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=self.max_text_len,
-            return_special_tokens_mask=self.mlm is not None, return_offsets_mapping=wwm, return_tensors="pt",
-        )  # fmt: skip
-        batch = {
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
+                             return_tensors="pt")
+        return {
             "image": [pad_images(list(view), h, w) for view in views],
             "text": texts,
             "text_ids": enc["input_ids"],
             "text_masks": enc["attention_mask"],
-            "text_labels": torch.full_like(enc["input_ids"], -100),
             "label": torch.stack([it["label"] for it in items]),
             "missing_type": torch.tensor([it["missing_type"] for it in items], dtype=torch.long),
         }
-        if self.mlm is not None:
-            offsets = {"offset_mapping": enc["offset_mapping"]} if wwm else {}
-            ids, labels = self.mlm.torch_mask_tokens(
-                enc["input_ids"].clone(), special_tokens_mask=enc["special_tokens_mask"], **offsets
-            )
-            batch["text_ids_mlm"], batch["text_labels_mlm"] = ids, labels
-        return batch

@@ -1,4 +1,5 @@
-"""Epoch metrics of REFERENCE §8 as torchmetrics Metrics, so DDP processes sync their counts.
+"""Epoch metrics as torchmetrics Metrics, so DDP processes sync their counts
+(docs/official-behaviour.md#heads-losses-and-metrics).
 
 Official semantics kept: accuracy is argmax against labels (-100 ignored); AUROC is the macro mean of
 the one-vs-rest AUCs on softmax probabilities; F1 thresholds sigmoid(logits) at 0.5, macro skips
@@ -11,9 +12,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAUROC
 
-TASKS = ("mmimdb", "food101", "hatememes")
-# the metric that picks the best checkpoint (val/the_metric, higher is better)
-THE_METRIC = {"mmimdb": "f1_macro", "food101": "accuracy", "hatememes": "auroc"}
+from mdpl.tasks import TASKS
 
 
 class Accuracy(Metric):
@@ -82,13 +81,6 @@ def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
     return torch.where(denom > 0, tp / denom.clamp(min=1), torch.zeros_like(denom))
 
 
-def active_tasks(config: dict) -> list[str]:
-    tasks = [t for t in TASKS if config["loss_names"].get(t, 0) > 0]
-    if not tasks:
-        raise ValueError(f"loss_names={dict(config['loss_names'])} has none of {TASKS} above 0; use a task_finetune_* config")
-    return tasks
-
-
 class TaskMetrics(nn.Module):
     """Loss mean and task metrics for each phase (train, val, test) and active task.
 
@@ -96,13 +88,15 @@ class TaskMetrics(nn.Module):
     compute(phase) returns {"{task}/{phase}/{name}": value, ..., "{phase}/the_metric": sum over tasks}.
     """
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, num_classes: dict[str, int]) -> None:
+        """num_classes: task -> class count, for each task of the model."""
         super().__init__()
-        self.tasks = active_tasks(config)
+        self.tasks = list(num_classes)
         # keys "{phase}_metrics": a plain "train" key would clash with nn.Module.train
-        self.phases = nn.ModuleDict(
-            {f"{p}_metrics": nn.ModuleDict({t: _task_metrics(t, config) for t in self.tasks}) for p in ("train", "val", "test")}
-        )
+        self.phases = nn.ModuleDict({
+            f"{p}_metrics": nn.ModuleDict({t: _task_metrics(t, n) for t, n in num_classes.items()})
+            for p in ("train", "val", "test")
+        })
 
     def update(self, phase: str, output: dict) -> None:
         for task, metrics in self.phases[f"{phase}_metrics"].items():
@@ -121,7 +115,7 @@ class TaskMetrics(nn.Module):
                 value = metric.compute()
                 for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
                     values[f"{task}/{phase}/{key}"] = v.float()
-            the_metric = the_metric + values[f"{task}/{phase}/{THE_METRIC[task]}"]
+            the_metric = the_metric + values[f"{task}/{phase}/{TASKS[task].the_metric}"]
         values[f"{phase}/the_metric"] = the_metric
         return values
 
@@ -131,12 +125,14 @@ class TaskMetrics(nn.Module):
                 metric.reset()
 
 
-def _task_metrics(task: str, config: dict) -> nn.ModuleDict:
+def _task_metrics(task: str, num_classes: int) -> nn.ModuleDict:
+    """The loss mean and the registry's metrics of `task`."""
+    names = TASKS[task].metrics
     metrics: dict[str, Metric] = {"loss": MeanMetric()}
-    if task == "mmimdb":
-        metrics["f1"] = MultilabelF1(config["mmimdb_class_num"])
-    else:
+    if "f1_macro" in names:
+        metrics["f1"] = MultilabelF1(num_classes)
+    if "accuracy" in names:
         metrics["accuracy"] = Accuracy()
-    if task == "hatememes":
-        metrics["auroc"] = AUROC(num_classes=config["hatememes_class_num"], average="macro")
+    if "auroc" in names:
+        metrics["auroc"] = AUROC(num_classes=num_classes, average="macro")
     return nn.ModuleDict(metrics)

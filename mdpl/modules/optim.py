@@ -1,4 +1,5 @@
-"""Optimiser, parameter groups and learning-rate schedule of the official code (REFERENCE §9).
+"""Optimiser, parameter groups and learning-rate schedule of the official code
+(docs/official-behaviour.md#optimiser-and-schedule).
 
 AdamW here is transformers' old AdamW, not torch.optim.AdamW: the weight decay p -= lr*wd*p is applied
 *after* the Adam step (so to the already-updated p), with bias correction folded into the step size.
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from mdpl.settings import OptimConfig
+from mdpl.tasks import TASKS
+
 # official name fragments: parameters whose name contains one of these get no weight decay ...
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
             "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight")
 # ... and these are the heads, trained at lr * lr_mult (the head LN "...classifier.1.weight" is decayed)
-HEAD_NAMES = ("vqa_classifier", "mmimdb_classifier", "food101_classifier", "hatememes_classifier",
-              "nlvr2_classifier")
+HEAD_NAMES = tuple(t.head for t in TASKS.values())
 
 
 class AdamW(torch.optim.Optimizer):
@@ -64,9 +67,9 @@ class AdamW(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, config: dict) -> list[dict]:
+def param_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     """Four groups (decay or not x head or not) over the trainable parameters, as official."""
-    lr, wd = config["learning_rate"], config["weight_decay"]
+    lr, wd = optim.learning_rate, optim.weight_decay
     groups: dict[tuple[bool, bool], list] = {(d, h): [] for d in (True, False) for h in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:  # frozen backbone: official groups hold it but it never has a gradient
@@ -75,26 +78,26 @@ def param_groups(model: nn.Module, config: dict) -> list[dict]:
         head = any(hn in name for hn in HEAD_NAMES)
         groups[(decay, head)].append(p)
     return [
-        {"params": params, "weight_decay": wd if decay else 0.0, "lr": lr * config["lr_mult"] if head else lr}
+        {"params": params, "weight_decay": wd if decay else 0.0, "lr": lr * optim.lr_mult if head else lr}
         for (decay, head), params in groups.items()
     ]
 
 
-def build_optimizer(model: nn.Module, config: dict) -> torch.optim.Optimizer:
-    groups, lr = param_groups(model, config), config["learning_rate"]
-    kind = config["optim_type"]
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    groups, lr = param_groups(model, optim), optim.learning_rate
+    kind = optim.optim_type
     if kind == "adamw":
         return AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
     if kind == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
-    raise ValueError(f"config optim_type={kind!r}: expected 'adamw', 'adam' or 'sgd'")
+    raise ValueError(f"optim_type={kind!r}: expected 'adamw', 'adam' or 'sgd'")
 
 
-def warmup_steps(config: dict, max_steps: int) -> int:
+def warmup_steps(optim: OptimConfig, max_steps: int) -> int:
     """warmup_steps: an int is a step count, a float a fraction of max_steps (official)."""
-    w = config["warmup_steps"]
+    w = optim.warmup_steps
     return int(w * max_steps) if isinstance(w, float) else int(w)
 
 
@@ -110,11 +113,9 @@ def lr_factor(step: int, warmup: int, max_steps: int, decay_power: float | str, 
     return (1 - end_ratio) * (1 - progress) ** float(decay_power) + end_ratio
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: dict, max_steps: int) -> LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, max_steps: int) -> LambdaLR:
     """Per-optimizer-step schedule (step it after every optimizer step)."""
-    power = config["decay_power"]
-    if power != "cosine" and not isinstance(power, (int, float)):
-        raise ValueError(f"config decay_power={power!r}: expected a number or 'cosine'")
-    warmup = warmup_steps(config, max_steps)
-    end_ratio = config["end_lr"] / config["learning_rate"] if config["learning_rate"] else 0.0
+    power = optim.decay_power
+    warmup = warmup_steps(optim, max_steps)
+    end_ratio = optim.end_lr / optim.learning_rate if optim.learning_rate else 0.0
     return LambdaLR(optimizer, lambda step: lr_factor(step, warmup, max_steps, power, end_ratio))

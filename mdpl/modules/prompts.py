@@ -1,4 +1,9 @@
-"""MDPL's prompt parts: the prompt memory (generative prompts) and the missing-type shared prompts."""
+"""MDPL's prompt part: prompt memories (generative prompts), missing-type shared prompts and their insertion.
+
+`MDPLPrompts` owns every MDPL parameter under the official flat names (gen_t_prompt_memory.N.prompt_memory,
+shared_missing_t.N, bottleneck_texts.N.0.weight, ...; N is the position in the layer list) and runs the
+transformer blocks, inserting prompts before each prompt layer. See docs/official-behaviour.md#model-and-prompt-insertion.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from mdpl.modules.heads import init_weights
 
 
 class PromptMemory(nn.Module):
@@ -50,18 +57,6 @@ class Bottleneck(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
-def layer_list(config: dict, key: str) -> list[int]:
-    """config[key] checked as a list of unique block numbers in [0, num_layers) (official: only [0..n-1]
-    works, since its lists are indexed by layer number)."""
-    layers = config[key]
-    n = config["num_layers"]
-    if not isinstance(layers, (list, tuple)) or not all(isinstance(i, int) and 0 <= i < n for i in layers):
-        raise ValueError(f"config {key}={layers!r}: expected a list of layer numbers in [0, {n})")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"config {key}={layers!r}: layer numbers must be unique")
-    return list(layers)
-
-
 def check_missing_type(missing_type: Tensor) -> None:
     """Codes are 0 complete, 1 text missing, 2 image missing (official: another code silently reuses the
     previous sample's prompt)."""
@@ -77,3 +72,106 @@ def shared_prompts(a_t: Tensor, a_v: Tensor, f_text: nn.Module, f_image: nn.Modu
     gather theirs. Returns (S_t, S_v), each B x L x D. Codes must be valid (see check_missing_type)."""
     bases = torch.stack([a_t + a_v, a_t, a_v])  # 3 x L x D
     return f_text(bases)[missing_type], f_image(bases)[missing_type]
+
+
+def max_query(tokens: Tensor, mask: Tensor, masked: bool) -> Tensor:
+    """Memory query: elementwise max over tokens (official: pads included; masked_query: real tokens only)."""
+    if masked:
+        tokens = tokens.masked_fill(mask[..., None] == 0, float("-inf"))
+    return tokens.amax(dim=1)
+
+
+class Side:
+    """One modality's slice of the sequence: its prompt region, then its tokens; counts shared prompts."""
+
+    def __init__(self, tokens: Tensor, mask: Tensor) -> None:
+        self.prompts = tokens[:, :0]
+        self.tokens, self.mask = tokens, mask
+        self.shared = 0  # shared-prompt tokens at the front of the region
+
+    def insert(self, shared: Tensor | None, generative: Tensor | None) -> None:
+        """The official insertion rule, on either side:
+        - both kinds at this layer: [new shared, new generative, previous region]
+        - generative only: the new generative prompts after the region's first `shared` tokens
+        - shared only: [new shared, previous region]"""
+        old = self.prompts
+        if shared is not None and generative is not None:
+            parts = [shared, generative, old]
+        elif generative is not None:
+            parts = [old[:, :self.shared], generative, old[:, self.shared:]]
+        else:
+            parts = [shared, old]
+        self.prompts = torch.cat(parts, dim=1)
+        self.shared += 0 if shared is None else shared.shape[1]
+
+    def sequence(self) -> tuple[Tensor, Tensor]:
+        ones = self.mask.new_ones(self.mask.shape[0], self.prompts.shape[1])
+        return torch.cat([self.prompts, self.tokens], dim=1), torch.cat([ones, self.mask], dim=1)
+
+
+class MDPLPrompts(nn.Module):
+    """Generative prompts from prompt memories queried by the hidden states, and shared prompts chosen by
+    missing type through text/image bottlenecks, inserted on the text and the image side of the sequence."""
+
+    def __init__(self, dim: int, gen_layers: tuple[int, ...], shared_layers: tuple[int, ...], gen_length: int,
+                 shared_length: int, mem_size: int, top_k: int, masked_query: bool = False,
+                 fp32_similarity: bool = False) -> None:
+        super().__init__()
+        self.gen_layers, self.shared_layers = tuple(gen_layers), tuple(shared_layers)
+        self.masked_query = masked_query
+        # init order of the official code: image memories, text memories, shared t, shared v, bottlenecks
+        self.gen_v_prompt_memory = nn.ModuleList(
+            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers])
+        self.gen_t_prompt_memory = nn.ModuleList(
+            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers])
+        self.shared_missing_t = nn.ParameterList(
+            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers])
+        self.shared_missing_v = nn.ParameterList(
+            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers])
+        width = dim // 16  # official: hidden_size // 16 (the bottleneck_dim key is unused)
+        self.bottleneck_texts = nn.ModuleList([Bottleneck(dim, width) for _ in shared_layers])
+        self.bottleneck_images = nn.ModuleList([Bottleneck(dim, width) for _ in shared_layers])
+        self.bottleneck_images.apply(init_weights)
+        self.bottleneck_texts.apply(init_weights)
+
+    def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
+                missing_type: Tensor) -> tuple[Tensor, int, int]:
+        """Run `blocks` over [text-side prompts | text | image-side prompts | image]; returns (x, start of the
+        text tokens = index of the text [CLS], start of the image tokens)."""
+        check_missing_type(missing_type)  # once here, not per layer (a device sync)
+        t, v = Side(text, text_masks), Side(image, image_masks)
+        T, I = text.shape[1], image.shape[1]
+        x, mask = torch.cat([text, image], dim=1), torch.cat([text_masks, image_masks], dim=1)
+        for layer, block in enumerate(blocks):
+            g = self.gen_layers.index(layer) if layer in self.gen_layers else None
+            s = self.shared_layers.index(layer) if layer in self.shared_layers else None
+            if g is not None or s is not None:
+                # the hidden states before this layer's insertion (the embeddings at layer 0)
+                t.prompts, t.tokens, v.prompts, v.tokens = x.split(
+                    [t.prompts.shape[1], T, v.prompts.shape[1], I], dim=1)
+                p_t = p_v = s_t = s_v = None
+                if g is not None:
+                    p_t = self.gen_t_prompt_memory[g](max_query(t.tokens, text_masks, self.masked_query)).to(x.dtype)
+                    p_v = self.gen_v_prompt_memory[g](max_query(v.tokens, image_masks, self.masked_query)).to(x.dtype)
+                if s is not None:
+                    s_t, s_v = shared_prompts(self.shared_missing_t[s], self.shared_missing_v[s],
+                                              self.bottleneck_texts[s], self.bottleneck_images[s], missing_type)
+                    s_t, s_v = s_t.to(x.dtype), s_v.to(x.dtype)
+                t.insert(s_t, p_t)
+                v.insert(s_v, p_v)
+                (xt, mt), (xv, mv) = t.sequence(), v.sequence()
+                x, mask = torch.cat([xt, xv], dim=1), torch.cat([mt, mv], dim=1)
+            x = block(x, mask)
+        nt = t.prompts.shape[1]
+        return x, nt, nt + T + v.prompts.shape[1]
+
+
+class NoPrompts(nn.Module):
+    """Plain frozen ViLT: the blocks over [text | image], no prompts."""
+
+    def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
+                missing_type: Tensor) -> tuple[Tensor, int, int]:
+        x, mask = torch.cat([text, image], dim=1), torch.cat([text_masks, image_masks], dim=1)
+        for block in blocks:
+            x = block(x, mask)
+        return x, 0, text.shape[1]

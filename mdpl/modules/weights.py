@@ -1,10 +1,16 @@
 """Checkpoint reading and loading: official ViLT pre-training checkpoints, ViLT weights in the Hugging Face
-transformers layout, timm ViT state dicts, and fine-tuned checkpoints (official MDPL or ours)."""
+transformers layout, timm ViT state dicts, and fine-tuned checkpoints (official MDPL or ours).
+
+Every `torch.load` here passes weights_only=True: a checkpoint can hold tensors and plain containers (and
+the two container types official checkpoints pickle), never code. `trust_checkpoint=True` opts out.
+`load_pretrained` decides which converter a file needs; the model never reads files itself.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 
 import torch
@@ -15,12 +21,21 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 BACKBONE_PREFIXES = ("text_embeddings.", "token_type_embeddings.", "transformer.")
-# parameters other prompt methods / tasks own: a fine-tuned checkpoint holding them belongs to another run
+# parameters other prompt methods own: a fine-tuned checkpoint holding them belongs to another run
 FOREIGN_HINTS = {
     "complete_prompt": "MAP", "missing_text_prompt": "MAP", "missing_img_prompt": "MAP",
     "gen_t_prompt_memory": "MDPL", "gen_v_prompt_memory": "MDPL", "shared_missing_t": "MDPL",
     "shared_missing_v": "MDPL", "bottleneck_texts": "MDPL", "bottleneck_images": "MDPL",
 }
+
+
+def _safe_types() -> list:
+    """Container types that official checkpoints pickle in their hyper-parameters (sacred's read-only
+    config, Lightning's AttributeDict): data only, allowed by name."""
+    from pytorch_lightning.utilities.parsing import AttributeDict
+    from sacred.config.custom_containers import ReadOnlyDict, ReadOnlyList
+
+    return [ReadOnlyDict, ReadOnlyList, AttributeDict]
 
 
 def prompt_method_of(sd: dict[str, Tensor]) -> str:
@@ -32,40 +47,84 @@ def prompt_method_of(sd: dict[str, Tensor]) -> str:
     return found.pop() if found else "none"
 
 
-def load_checkpoint(path: str, what: str = "load_path") -> object:
-    """torch.load on the CPU, with an error naming the file when it is not a checkpoint."""
-    try:  # checkpoints are trusted input: Lightning checkpoints pickle their hyper-parameters
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # pickle and zip errors come in many types
+def load_checkpoint(path: str, what: str = "load_path", trust: bool = False) -> object:
+    """torch.load on the CPU with weights_only=True (unless `trust`); errors name the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}={path!r}: no such file")
+    try:
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_safe_types()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise ValueError(f"{what}={path!r}: refused: unpickling it would run code or build objects other than "
+                             f"tensors and plain containers ({str(e).splitlines()[0]}). Pass trust_checkpoint=True "
+                             "only for a file you trust.") from None
+        raise ValueError(f"{what}={path!r}: not a readable checkpoint ({e})") from None
+    except Exception as e:  # zip, EOF and pickle errors come in many types
         raise ValueError(f"{what}={path!r}: not a readable checkpoint ({type(e).__name__}: {e}); expected a "
                          "Lightning or official .ckpt, a state dict .pt/.bin, or a .safetensors file") from e
 
 
-def read_state_dict(path: str, what: str = "load_path") -> dict[str, Tensor]:
-    """Tensors from a Lightning/official checkpoint ({"state_dict": ...}), a plain state dict (.pt/.bin),
-    a .safetensors file, or a Hugging Face model folder (model.safetensors or pytorch_model.bin)."""
+def read_checkpoint(path: str, what: str = "load_path", trust: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """(state dict, saved sacred config or {}) of a Lightning/official checkpoint ({"state_dict": ...}), a plain
+    state dict (.pt/.bin), a .safetensors file, or a Hugging Face model folder (model.safetensors or
+    pytorch_model.bin)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what}={path!r}: no such file or folder")
     if os.path.isdir(path):
         for name in ("model.safetensors", "pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
-                return read_state_dict(os.path.join(path, name), what)
+                return read_checkpoint(os.path.join(path, name), what, trust)
         raise FileNotFoundError(f"{what}={path!r}: folder has neither model.safetensors nor pytorch_model.bin")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
+            return load_file(path), {}
         except Exception as e:  # safetensors raises its own error types
             raise ValueError(f"{what}={path!r}: not a readable .safetensors file ({e})") from e
-    obj = load_checkpoint(path, what)
+    obj = load_checkpoint(path, what, trust)
+    config = {}
+    if isinstance(obj, dict):
+        hparams = obj.get("hyper_parameters") or {}
+        config = dict(hparams.get("config") or {}) if isinstance(hparams, dict) else {}
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{what}={path!r}: expected a state dict of tensors (or a checkpoint with 'state_dict')")
-    return obj
+    return obj, config
+
+
+def read_state_dict(path: str, what: str = "load_path", trust: bool = False) -> dict[str, Tensor]:
+    return read_checkpoint(path, what, trust)[0]
+
+
+def load_pretrained(model: nn.Module, path: str, max_text_len: int, what: str = "load_path",
+                    trust: bool = False) -> None:
+    """Pre-trained ViLT weights into `model`: an official ViLT checkpoint or a Hugging Face ViLT state dict
+    (converted), the text positions resized to max_text_len. A fine-tuned checkpoint given here (it holds
+    prompts or task heads) loads its backbone and pooler only, with a warning naming what else it holds."""
+    sd = read_state_dict(path, what, trust)
+    if is_hf_vilt(sd):
+        sd = convert_hf_vilt(sd)
+    extra = sorted({k.split(".")[0] for k in sd if k.split(".")[0] in FOREIGN_HINTS or k.endswith("_classifier")
+                    or k.split(".")[0].endswith("_classifier")})
+    if extra:
+        log.warning("%s=%r is a fine-tuned checkpoint (it holds %s): only its backbone and pooler are loaded as "
+                    "pre-trained weights; to evaluate it use test_only=True", what, path, extra)
+        sd = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIXES + ("pooler.",))}
+    sd = interpolate_text_positions(sd, max_text_len)
+    load_backbone(model, sd, f"{what}={path!r}", BACKBONE_PREFIXES)
+
+
+def load_vit(model: nn.Module, path: str, trust: bool = False) -> None:
+    """A timm ViT state dict into model.transformer (text embeddings stay as initialised)."""
+    sd = timm_vit_to_vilt(read_state_dict(path, "vit_weights", trust))
+    load_backbone(model, sd, f"vit_weights={path!r}", ("transformer.",))
 
 
 def is_hf_vilt(sd: dict[str, Tensor]) -> bool:

@@ -1,0 +1,49 @@
+"""Factories: build a PromptedViLT and load the weights a run asks for. Constructors never read files; these do.
+
+- `create_model(settings)`: for training, the pre-trained backbone (`load_path`: official ViLT or Hugging
+  Face ViLT; else `vit_weights`: a timm ViT; else random) or, with finetune_first, a fine-tuned checkpoint.
+- `model_for_checkpoint(path, settings, command_line)`: for evaluation (test_only and sweep), the model
+  rebuilt from the checkpoint's own saved model config, with its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mdpl.modules import weights
+from mdpl.modules.model import PromptedViLT
+from mdpl.settings import Settings, model_for_evaluation
+
+log = logging.getLogger(__name__)
+
+
+def create_model(settings: Settings) -> PromptedViLT:
+    run = settings.run
+    model = PromptedViLT(settings.model)
+    if run.load_path and (run.test_only or run.finetune_first):
+        sd = weights.read_state_dict(run.load_path, "load_path", run.trust_checkpoint)
+        weights.load_finetuned(model, sd, f"load_path={run.load_path!r}")
+    elif run.load_path:
+        weights.load_pretrained(model, run.load_path, settings.model.max_text_len, trust=run.trust_checkpoint)
+    elif run.vit_weights:
+        weights.load_vit(model, run.vit_weights, trust=run.trust_checkpoint)
+    else:
+        log.warning("load_path and vit_weights are empty: the backbone is randomly initialised")
+    return model
+
+
+def model_for_checkpoint(path: str, settings: Settings, command_line: set[str] = frozenset(),
+                         what: str = "load_path") -> tuple[Settings, PromptedViLT]:
+    """(settings with the checkpoint's model config, the model with its weights). Model keys come from the
+    checkpoint (official checkpoints, which store none, from `settings` with their prompt method told by
+    their parameter names); a disagreeing model key on the command line is an error."""
+    sd, saved = weights.read_checkpoint(path, what, settings.run.trust_checkpoint)
+    source = f"{what}={path!r}"
+    model_cfg, notes = model_for_evaluation(saved, weights.prompt_method_of(sd), settings.config, set(command_line),
+                                            source)
+    for note in notes:
+        print(note, flush=True)
+    settings = settings.with_model(model_cfg)
+    model = PromptedViLT(model_cfg)
+    weights.load_finetuned(model, sd, source)
+    return settings, model

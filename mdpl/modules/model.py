@@ -1,0 +1,98 @@
+"""PromptedViLT: the frozen ViLT backbone, one prompt-method part, the pooler and the task heads.
+
+A pure nn.Module: the constructor builds from a ModelConfig and reads no file (weights are loaded by
+`mdpl.modules.factory`). Parameter names are the official flat ones: the prompt part's parameters appear
+at the top level (`gen_t_prompt_memory.0.prompt_memory`, `complete_prompt`, ...), not under `prompts.`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from mdpl.modules.heads import Pooler, build_classifier, init_weights
+from mdpl.modules.map_prompts import MAPPrompts
+from mdpl.modules.prompts import MDPLPrompts, NoPrompts
+from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
+from mdpl.settings import ModelConfig
+from mdpl.tasks import TASKS
+
+BACKBONE = ("text_embeddings", "token_type_embeddings", "transformer")  # always frozen (official)
+
+
+def build_prompts(cfg: ModelConfig) -> nn.Module:
+    D = cfg.hidden_size
+    if cfg.prompt_method == "mdpl":
+        return MDPLPrompts(D, cfg.gen_prompt_layers, cfg.shared_prompt_layers, cfg.gen_prompt_length,
+                           cfg.shared_prompt_length, cfg.mem_size, cfg.top_k, cfg.masked_query, cfg.fp32_similarity)
+    if cfg.prompt_method == "map":
+        return MAPPrompts(D, cfg.prompt_layers, cfg.prompt_length, cfg.prompt_type, cfg.learnt_p,
+                          cfg.multi_layer_prompt)
+    return NoPrompts()
+
+
+def inline_module(parent: nn.Module, name: str, module: nn.Module) -> None:
+    """Keep `module` callable as parent.<name>, but register its submodules, parameters and buffers directly
+    on `parent`: parameter names and state-dict keys then carry no `<name>.` level (the official flat names)."""
+    for child_name, child in module.named_children():
+        parent.add_module(child_name, child)
+    for param_name, param in module.named_parameters(recurse=False):
+        parent.register_parameter(param_name, param)
+    for buffer_name, buffer in module.named_buffers(recurse=False):
+        parent.register_buffer(buffer_name, buffer)
+    object.__setattr__(parent, name, module)  # not a registered child: nothing is listed twice
+
+
+class PromptedViLT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.hidden_size
+        # init order as official: text, token types, ViT, pooler, heads, prompts (seeded runs match)
+        self.text_embeddings = TextEmbeddings(cfg.vocab_size, D, cfg.max_text_len, dropout=cfg.drop_rate)
+        self.text_embeddings.apply(init_weights)
+        self.token_type_embeddings = nn.Embedding(2, D)
+        self.token_type_embeddings.apply(init_weights)
+        self.transformer = VisionTransformer(cfg.image_size, cfg.patch_size, D, cfg.num_layers, cfg.num_heads,
+                                             cfg.mlp_ratio, cfg.drop_rate)
+        self.pooler = Pooler(D)
+        self.pooler.apply(init_weights)
+        for task in cfg.tasks:
+            head = build_classifier(D, cfg.num_classes(task))
+            head.apply(init_weights)
+            self.add_module(TASKS[task].head, head)
+        inline_module(self, "prompts", build_prompts(cfg))
+        for name in BACKBONE:
+            getattr(self, name).requires_grad_(False)
+
+    def embed(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(text_embeds B x T x D, text_masks B x T, image_embeds B x I x D, image_masks B x I)."""
+        text_ids, text_masks = batch["text_ids"], batch["text_masks"]
+        if self.cfg.trim_text:  # cut every batch to its longest real text (pads are invisible with masked_query)
+            length = int((text_masks != 0).any(0).nonzero().max()) + 1
+            text_ids, text_masks = text_ids[:, :length], text_masks[:, :length]
+        text = self.text_embeddings(text_ids) + self.token_type_embeddings(torch.zeros_like(text_masks))
+        images = batch["image"][0] if isinstance(batch["image"], (list, tuple)) else batch["image"]
+        image, image_masks = self.transformer.visual_embed(images, self.cfg.max_image_len, self.cfg.patch_order)
+        image = image + self.token_type_embeddings(torch.ones_like(image_masks))
+        return text, text_masks, image, image_masks
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """cls_feats (pooled text [CLS]), text/image features and masks, and {task}_logits per task."""
+        text, text_masks, image, image_masks = self.embed(batch)
+        missing_type = torch.as_tensor(batch["missing_type"], device=text.device).long()
+        x, text_start, image_start = self.prompts(self.transformer.blocks, text, text_masks, image, image_masks,
+                                                  missing_type)
+        x = self.transformer.norm(x)
+        out = {
+            "cls_feats": self.pooler(x[:, text_start]),
+            "raw_cls_feats": x[:, 0],
+            "text_feats": x[:, text_start:text_start + text.shape[1]],
+            "image_feats": x[:, image_start:],
+            "text_masks": text_masks,
+            "image_masks": image_masks,
+        }
+        for task in self.cfg.tasks:
+            out[f"{task}_logits"] = getattr(self, TASKS[task].head)(out["cls_feats"])
+        return out

@@ -1,0 +1,88 @@
+"""TaskModule: the Lightning module that trains and evaluates a PromptedViLT.
+
+It owns the losses, the epoch metrics, the optimiser and schedule and the non-finite-loss stop; the model
+it wraps owns the computation. Its hyper-parameters are the resolved sacred config, so
+`TaskModule.load_from_checkpoint(path)` rebuilds the model without reading any other file. The model's
+parts are registered on the module itself, so checkpoint keys are the model's own (official) names.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from mdpl.gadgets.metrics import TaskMetrics
+from mdpl.modules.model import PromptedViLT, inline_module
+from mdpl.modules.objectives import compute_task
+from mdpl.modules.optim import build_optimizer, build_scheduler
+from mdpl.settings import Settings
+
+
+class TaskModule(pl.LightningModule):
+    def __init__(self, config: dict, model: PromptedViLT | None = None) -> None:
+        """config: the sacred config (stored as hyper-parameters); model: a built model with its weights
+        (from mdpl.modules.factory), or None to build one from config (checkpoint loading)."""
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.settings = Settings.from_config(config)
+        inline_module(self, "model", model if model is not None else PromptedViLT(self.settings.model))
+        cfg = self.settings.model
+        self.task_metrics = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})  # not saved in checkpoints
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """The model's outputs plus {task}_loss and {task}_labels for each task."""
+        out = self.model(batch)
+        for task in self.settings.model.tasks:
+            out.update(compute_task(task, out[f"{task}_logits"], batch["label"]))
+        return out
+
+    def _shared_step(self, batch: dict, phase: str) -> Tensor:
+        out = self(batch)
+        self.task_metrics.update(phase, out)
+        return sum(out[f"{task}_loss"] for task in self.settings.model.tasks)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self._shared_step(batch, "train")
+        # any process with a non-finite loss stops all of them before a step or checkpoint can use it
+        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}: "
+                "training stopped; the checkpoints saved so far (last.ckpt and the best) are kept unchanged. "
+                "Try a lower learning_rate or precision=32.")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_epoch(self, phase: str) -> None:
+        values = self.task_metrics.compute(phase)  # synced across processes by torchmetrics
+        self.task_metrics.reset(phase)
+        # every process already holds the same values (the checkpoint callback reads them on each);
+        # sync_dist only averages identical numbers, and keeps Lightning from warning under DDP
+        the_metric = f"{phase}/the_metric"
+        self.log_dict({k: v for k, v in values.items() if k != the_metric}, sync_dist=True)
+        self.log(the_metric, values[the_metric], prog_bar=phase != "train", sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> dict:
+        optim = self.settings.optim
+        max_steps = optim.max_steps
+        if max_steps is None:  # official: len(train loader) * max_epoch // accumulation
+            _ = self.trainer.estimated_stepping_batches  # makes Lightning size the train loader
+            max_steps = self.trainer.num_training_batches * optim.max_epoch // self.trainer.accumulate_grad_batches
+        optimizer = build_optimizer(self, optim)
+        scheduler = build_scheduler(optimizer, optim, max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
