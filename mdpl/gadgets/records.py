@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from pathlib import Path
-
-from mdpl.writers.common import atomic_path
 
 
 def records_path(config: dict, task: str) -> str:
@@ -29,16 +27,35 @@ def records_line(config: dict, task: str, values: dict[str, float], phase: str =
     return f"missing ratio: {config['test_ratio']}, {body}"
 
 
+def append_line_locked(path: str | os.PathLike, line: str) -> None:
+    """Append `line` (a newline is added if absent) to a text file, safe against concurrent appenders.
+
+    Under an exclusive flock the file is opened with O_APPEND, the whole line goes out in one write (retried
+    only for a short write) and is fsynced, so lines of concurrent processes never interleave or get lost.
+    A last line left without its newline by a crashed writer gets one first, so every line stays whole.
+    """
+    data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to look at the last byte
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def append_records(config: dict, values: dict[str, float], phase: str = "test") -> list[str]:
-    """Append one line per active task; folders are created and the file is replaced atomically."""
+    """Append one line per active task; folders are created, appends are locked (see append_line_locked)."""
     paths = []
     for task in ("mmimdb", "food101", "hatememes"):
         if config["loss_names"].get(task, 0) <= 0:
             continue
         path = records_path(config, task)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        old = open(path).read() if os.path.exists(path) else ""
-        with atomic_path(Path(path)) as tmp:
-            tmp.write_text(old + records_line(config, task, values, phase) + "\n")
+        append_line_locked(path, records_line(config, task, values, phase))
         paths.append(path)
     return paths
