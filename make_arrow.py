@@ -21,7 +21,8 @@ def main() -> None:
     try:
         convert(WRITERS[args.dataset], args.root, args.out, skip_bad=args.skip_bad)
     except (OSError, KeyError, ValueError) as e:  # data problems: the message names the file
-        parser.exit(1, f"make_arrow: {e.args[0] if isinstance(e, KeyError) else e}\n")
+        message = str(e.args[0] if isinstance(e, KeyError) else e)
+        parser.exit(1, f"make_arrow: {' '.join(message.splitlines())}\n")  # one line
 
 
 if __name__ == "__main__":

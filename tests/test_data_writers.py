@@ -92,8 +92,7 @@ def test_missing_files_and_split_entries_are_named(tmp_path):
     (raw / "images" / f"{movie}.jpeg").unlink()
     with pytest.raises(FileNotFoundError, match=f"{movie}.jpeg"):
         convert(WRITERS["mmimdb"], tmp_path / "raw", tmp_path / "out")
-    assert not (tmp_path / "out" / "mmimdb_dev.arrow").exists()  # no partial file
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mmimdb_train.arrow"]  # no temp left
+    assert not (tmp_path / "out").exists()  # checked before anything is written: no train, no temp file
 
     (raw / "labels" / f"{movie}.json").unlink()
     with pytest.raises(FileNotFoundError, match=f"labels/{movie}.json"):
@@ -111,7 +110,8 @@ def test_bad_image_bytes_fail_or_are_skipped_and_listed(tmp_path):
     raw = generate("hateful_memes", tmp_path / "raw", samples=8, side_range=(8, 16))
     lines = [json.loads(x) for x in (raw / "data" / "train.jsonl").read_text().splitlines()]
     bad = raw / "data" / lines[2]["img"]
-    bad.write_bytes(bad.read_bytes()[:40])  # truncated PNG
+    good = bad.read_bytes()
+    bad.write_bytes(good[:40])  # truncated PNG
     with pytest.raises(BadImageError, match=str(bad)):
         convert(WRITERS["hateful_memes"], tmp_path / "raw", tmp_path / "out")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
@@ -120,6 +120,10 @@ def test_bad_image_bytes_fail_or_are_skipped_and_listed(tmp_path):
     assert reports[0].skipped_bad == [lines[2]["img"]]
     assert read(reports[0].arrow_path).num_rows == len(lines) - 1
     assert (tmp_path / "out" / "hatememes_train_skipped.txt").read_text() == f"{lines[2]['img']}\n"
+
+    bad.write_bytes(good)  # repaired: the listing of the old file goes with it
+    convert(WRITERS["hateful_memes"], tmp_path / "raw", tmp_path / "out", skip_bad=True)
+    assert not (tmp_path / "out" / "hatememes_train_skipped.txt").exists()
 
 
 def test_cli_uses_official_default_output_folder(tmp_path):

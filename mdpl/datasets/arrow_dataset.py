@@ -12,16 +12,41 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mdpl.transforms import PixelBert
+from mdpl.writers.common import PENDING, BadImageError, read_pending
 
 Image.MAX_IMAGE_PIXELS = None  # as officially
 
 
+SOURCE_KEY = b"mdpl.source"  # schema metadata key read_arrow sets to the file's path (for error messages)
+
+
 def read_arrow(path: str | Path, make_hint: str = "") -> pa.Table:
-    """The whole arrow IPC file, memory-mapped (image bytes are paged in on access)."""
+    """The whole arrow IPC file, memory-mapped (image bytes are paged in on access).
+
+    A missing, truncated or non-Arrow file, or one whose make_arrow conversion was interrupted while its
+    split files were being renamed into place, is an error naming the file. The table's schema metadata
+    records the path (SOURCE_KEY), so an ArrowDataset built on it can name the file in its own errors.
+    """
+    hint = f"; create it with: {make_hint}" if make_hint else ""
     if not Path(path).is_file():
-        hint = f"; create it with: {make_hint}" if make_hint else ""
         raise FileNotFoundError(f"arrow file not found: {path}{hint}")
-    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    plan = read_pending(Path(path).parent)
+    if plan is not None and Path(path).name in {final for _, final in plan["replace"]}:
+        raise ValueError(
+            f"{path}: its make_arrow conversion was interrupted while the split files were being replaced "
+            f"({Path(path).parent / PENDING} remains); re-run make_arrow to complete it{hint}"
+        )
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+        table.validate(full=True)  # offsets and lengths (image bytes are not read)
+    except (pa.ArrowException, OSError) as e:
+        detail = " ".join(str(e).splitlines())
+        again = f": {make_hint}" if make_hint else ""
+        raise ValueError(
+            f"{path}: not a readable Arrow IPC file ({type(e).__name__}: {detail}); is it truncated? "
+            f"Re-run make_arrow to write it again{again}"
+        ) from None
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE_KEY: str(path).encode()})
 
 
 class ArrowDataset(Dataset):
@@ -41,9 +66,18 @@ class ArrowDataset(Dataset):
         simulate_missing: bool = False,
         one_text: bool = False,
         multilabel: bool = False,
+        source: str = "",
     ) -> None:
+        # The arrow file, named in errors: `source`, else the path read_arrow recorded, else a placeholder.
+        recorded = (table.schema.metadata or {}).get(SOURCE_KEY, b"").decode()
+        self.source = str(source) or recorded or "<arrow table>"
+        absent = [c for c in ("image", text_column, "label") if c not in table.column_names]
+        if absent:
+            raise ValueError(f"{self.source}: no column {absent} (found {table.column_names}); re-run make_arrow")
         if len(missing) != table.num_rows:
-            raise ValueError(f"missing table has {len(missing)} rows, the arrow table {table.num_rows}")
+            raise ValueError(
+                f"{self.source}: missing table has {len(missing)} rows, the arrow table {table.num_rows}"
+            )
         self.images = table.column("image")  # stays memory-mapped
         self.texts: list[list[str]] = table.column(text_column).to_pylist()
         labels = table.column("label").to_pylist()
@@ -66,11 +100,18 @@ class ArrowDataset(Dataset):
         code = self.missing[row]
         if self.simulate_missing and code == 0:  # official: training rows kept complete get a random fate
             code = random.choice([0, 1, 2])
-        img = Image.open(io.BytesIO(self.images[row].as_py()))
+        try:
+            img = Image.open(io.BytesIO(self.images[row].as_py()))
+            if code != 2 or self.decode_missing:
+                img = img.convert("RGB")  # decodes the whole image
+        except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
+            raise BadImageError(
+                f"{self.source}: row {row}: image bytes cannot be decoded ({type(e).__name__}: {e}); "
+                "re-run make_arrow, which checks every image"
+            ) from e
         if code == 2 and not self.decode_missing:
             views = [torch.ones(3, *t.output_hw(*img.size)) for t in self.transforms]
         else:
-            img = img.convert("RGB")
             views = [t(img) for t in self.transforms]
             if code == 2:
                 views = [torch.ones_like(v) for v in views]

@@ -14,6 +14,7 @@ Ratio 0 is all zeros and never saved (as officially; nothing to reproduce).
 from __future__ import annotations
 
 import fcntl
+import numbers
 import os
 import random
 from pathlib import Path
@@ -37,17 +38,30 @@ def table_path(
     return Path(root) / f"{stem}.pt"
 
 
-def _check(ratio: float, missing_type: str) -> None:
+def _ratio_ok(value) -> bool:
+    """A real number (not bool, not a numeric string) in [0, 1] (NaN is not)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _check(ratio: float, missing_type: str, both_ratio: float = 0.0) -> None:
     if missing_type not in TYPES:
         raise ValueError(f"missing_type must be one of {TYPES}, got {missing_type!r}")
-    if not 0 <= ratio <= 1:
-        raise ValueError(f"missing ratio must be in [0, 1], got {ratio!r}")
+    if not _ratio_ok(ratio):
+        raise ValueError(f"missing ratio must be a number in [0, 1], got {_show(ratio)}")
+    if not _ratio_ok(both_ratio):
+        raise ValueError(f"both_ratio must be a number in [0, 1], got both_ratio={_show(both_ratio)}")
+
+
+def _show(value) -> str:
+    """repr, plus the type when it is not a plain number (so "0.7" reads as a string)."""
+    plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return repr(value) if plain else f"{value!r} ({type(value).__name__})"
 
 
 def draw_table(n: int, ratio: float, missing_type: str, both_ratio: float, rng=random) -> torch.Tensor:
     """The official draw: int(n * ratio) rows sampled without replacement; for "both", a both_ratio share of
     them loses the image (code 2) and the rest the text (code 1). `rng` is the `random` module or a Random."""
-    _check(ratio, missing_type)
+    _check(ratio, missing_type, both_ratio)
     table = torch.zeros(n)
     if ratio > 0:
         index = rng.sample(range(n), int(n * ratio))
@@ -61,8 +75,32 @@ def draw_table(n: int, ratio: float, missing_type: str, both_ratio: float, rng=r
     return table
 
 
+CODE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
+               torch.int8, torch.uint8)  # fmt: skip
+
+
 def _load(path: Path, n: int) -> torch.Tensor:
-    table = torch.load(path)
+    """A saved table, checked: a 1-D tensor of codes 0/1/2 with one code per arrow row."""
+    redraw = "delete it to redraw it (or point missing_table_root elsewhere)"
+    try:
+        table = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"missing table {path} cannot be read ({type(e).__name__}: {detail}); expected a 1-D tensor of codes "
+            f"0/1/2 saved with torch.save; {redraw}"
+        ) from None
+    if not isinstance(table, torch.Tensor):
+        raise ValueError(f"missing table {path} holds a {type(table).__name__}, expected a 1-D tensor of codes "
+                         f"0/1/2; {redraw}")  # fmt: skip
+    if table.dim() != 1 or table.dtype not in CODE_DTYPES:
+        raise ValueError(f"missing table {path} holds a {table.dtype} tensor of shape {tuple(table.shape)}, "
+                         f"expected a 1-D tensor of codes 0/1/2; {redraw}")  # fmt: skip
+    bad = torch.nonzero((table != 0) & (table != 1) & (table != 2)).flatten()  # NaN is bad too
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(f"missing table {path} holds codes outside {{0, 1, 2}} ({table[row].item()!r} at row "
+                         f"{row}, {len(bad)} rows in all); {redraw}")  # fmt: skip
     if len(table) != n:
         raise ValueError(
             f"missing table {path} has {len(table)} rows but its arrow file has {n}; "
@@ -80,7 +118,7 @@ def load_or_create(
     Creation holds an exclusive flock on missing_table_root, so concurrent processes (DDP ranks) end up
     reading one identical table: the first writes it, the others find it when they get the lock.
     """
-    _check(ratio, missing_type)
+    _check(ratio, missing_type, both_ratio)
     path = table_path(root, arrow_name, missing_type, ratio, draw, seed)
     if ratio == 0:
         return torch.zeros(n)

@@ -3,6 +3,7 @@ F1 label swap fixed. Written by the evaluation entry point, never from inside th
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from mdpl.settings import Settings
@@ -22,18 +23,33 @@ def records_line(settings: Settings, task: str, values: dict[str, float], phase:
     return f"missing ratio: {settings.data.missing_ratio['test']}, {body}"
 
 
-def append_line(path: str, line: str) -> None:
-    """Append one whole line (folders created)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+def append_line_locked(path: str | os.PathLike, line: str) -> None:
+    """Append `line` (a newline is added if absent) to a text file, safe against concurrent appenders.
+
+    Under an exclusive flock the file is opened with O_APPEND, the whole line goes out in one write (retried
+    only for a short write) and is fsynced, so lines of concurrent processes never interleave or get lost.
+    A last line left without its newline by a crashed writer gets one first, so every line stays whole.
+    """
+    data = (line if line.endswith("\n") else line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)  # read: to look at the last byte
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def append_records(settings: Settings, values: dict[str, float], phase: str = "test") -> list[str]:
-    """Append one line per task of the model; returns the files written."""
+    """Append one line per task of the model (folders created, appends locked); returns the files written."""
     paths = []
     for task in settings.model.tasks:
         path = records_path(settings, task)
-        append_line(path, records_line(settings, task, values, phase))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        append_line_locked(path, records_line(settings, task, values, phase))
         paths.append(path)
     return paths

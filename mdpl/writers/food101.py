@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mdpl.writers.common import Entry, WriterSpec, load_json, split_ids
+from mdpl.writers.common import Entry, WriterSpec, found, load_json_object, require_str, split_ids
 
 SCHEMA = pa.schema(
     [
@@ -25,19 +25,33 @@ def class_of(file_name: str) -> str:
     return file_name[: file_name.rindex("_")]
 
 
+def _class_idx(path: Path) -> dict[str, int]:
+    class_idx = load_json_object(path)
+    for cls, index in class_idx.items():
+        if type(index) is not int:  # bool is not an index
+            raise ValueError(f'{path}: class "{cls}" must map to an integer index, got {found(index)}')
+    return class_idx
+
+
 def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
-    class_idx = load_json(raw / "class_idx.json")
-    texts = load_json(raw / "text.json")
+    class_idx = _class_idx(raw / "class_idx.json")
+    text_json = raw / "text.json"
+    texts = load_json_object(text_json)
+    split_json = raw / "split.json"
     folder = raw / "images" / ("test" if split == "test" else "train")
     entries, skipped = [], []
-    for sample in split_ids(raw / "split.json", split):
+    for n, sample in enumerate(split_ids(split_json, split)):
         if sample not in texts:  # officially skipped: the sample has no text
             skipped.append(sample)
             continue
-        cls = class_of(sample)
+        cls = class_of(sample) if "_" in sample else ""
         if cls not in class_idx:
-            raise KeyError(f"{raw / 'class_idx.json'}: no class {cls!r} (from sample {sample!r})")
-        columns = {"text": [texts[sample]], "label": class_idx[cls], "image_id": sample, "split": split}
+            raise ValueError(
+                f'{split_json}: split "{split}" item {n} "{sample}": file name must be <class>_<number>.<ext> '
+                f"with <class> a key of {raw / 'class_idx.json'} (got class {cls!r})"
+            )
+        title = require_str(texts[sample], f'{text_json}: sample "{sample}": title')
+        columns = {"text": [title], "label": class_idx[cls], "image_id": sample, "split": split}
         entries.append(Entry(sample, folder / cls / sample, columns))
     return entries, skipped
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mdpl.writers.common import Entry, WriterSpec
+from mdpl.writers.common import Entry, WriterSpec, found, read_text, require_str
 
 SCHEMA = pa.schema(
     [("image", pa.binary()), ("text", pa.list_(pa.string())), ("label", pa.int64()), ("split", pa.string())]
@@ -23,19 +23,26 @@ def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}{hint}")
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-            missing = [k for k in ("img", "text", "label") if k not in item]
-            if missing:
-                raise KeyError(f"{path}:{n}: missing {missing}{hint}")
-            columns = {"text": [item["text"]], "label": item["label"], "split": split}
-            entries.append(Entry(item["img"], raw / "data" / item["img"], columns))
+    for n, line in enumerate(read_text(path).split("\n"), 1):  # not splitlines: JSON text may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{n}: must be a JSON object ({{...}}), got {found(item)}")
+        missing = [k for k in ("img", "text", "label") if k not in item]
+        if missing:
+            raise KeyError(f"{path}:{n}: missing {missing}{hint}")
+        img = require_str(item["img"], f'{path}:{n}: field "img"')
+        text = require_str(item["text"], f'{path}:{n}: field "text"')
+        label = item["label"]
+        if type(label) is not int or label not in (0, 1):  # bool is not an int here
+            got = f"int {label}" if type(label) is int else found(label)
+            raise ValueError(f'{path}:{n}: field "label" must be the integer 0 or 1, got {got}')
+        columns = {"text": [text], "label": label, "split": split}
+        entries.append(Entry(img, raw / "data" / img, columns))
     return entries, []
 
 

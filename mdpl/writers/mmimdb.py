@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mdpl.writers.common import Entry, WriterSpec, load_json, split_ids
+from mdpl.writers.common import Entry, WriterSpec, load_json_object, require_str_list, split_ids
 
 # Label index order of the official writer (indices 0..22).
 GENRES = [
@@ -30,13 +30,15 @@ SCHEMA = pa.schema(
 def list_entries(raw: Path, split: str) -> tuple[list[Entry], list[str]]:
     entries = []
     for sample in split_ids(raw / "split.json", split):
-        info = load_json(raw / "labels" / f"{sample}.json")
+        path = raw / "labels" / f"{sample}.json"
+        info = load_json_object(path)
         for key in ("plot", "genres"):
             if key not in info:
-                raise KeyError(f"{raw / 'labels' / f'{sample}.json'}: no {key!r} key")
-        genres = info["genres"]
+                raise KeyError(f"{path}: no {key!r} key")
+        plots = require_str_list(info["plot"], f'{path}: field "plot"')
+        genres = require_str_list(info["genres"], f'{path}: field "genres"')
         columns = {
-            "plots": info["plot"],
+            "plots": plots,
             "label": [1 if g in genres else 0 for g in GENRES],
             "genres": genres,
             "image_id": sample,
