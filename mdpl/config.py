@@ -5,6 +5,7 @@ that official command lines and hparams files keep working. Keys marked "mdpl:" 
 defaults to the official behaviour unless its comment says otherwise.
 """
 
+import logging
 import warnings
 
 # sacred 0.8.7 imports pkg_resources, which setuptools<81 still ships but warns about.
@@ -18,6 +19,18 @@ SETTINGS.DISCOVER_DEPENDENCIES = "none"
 SETTINGS.CAPTURE_MODE = "no"
 
 ex = Experiment("mdpl", save_git_info=False)
+
+
+class _DropNoise(logging.Filter):
+    """sacred's notes that are expected here: task configs set max_steps=None over the int default, and
+    runs have no observers (Lightning logs the run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Changed type of config entry", "No observers have been added"))
+
+
+logging.getLogger("mdpl").addFilter(_DropNoise())
 
 
 def _loss_names(d: dict) -> dict:
@@ -156,8 +169,8 @@ ex.add_named_config(
 )
 
 
-# MAP baseline (docs/official-behaviour.md#map-baseline): the task's settings with MAP's published lr 1e-2, seed 0 and missing type
-# "both" for train/val/test. (Plain frozen ViLT: the MDPL task config with prompt_method=none.)
+# MAP baseline (docs/official-behaviour.md#map-baseline): the task's settings with MAP's published lr 1e-2,
+# seed 0 and missing type "both" for train/val/test. (Plain frozen ViLT: the MDPL task config with prompt_method=none.)
 def _map(exp_name: str, datasets: list, task: str, val_check: float, text_len: int) -> dict:
     both = {"train": "both", "val": "both", "test": "both"}
     return dict(

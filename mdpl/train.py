@@ -7,15 +7,46 @@ rebuilt from the checkpoint, and appends the records line.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+from mdpl.modules.weights import load_checkpoint
 from mdpl.settings import Settings, check_files
+from mdpl.writers.common import atomic_path
+
+# Lightning's advertising tip and a deprecation inside Lightning itself: nothing a user can act on
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval", category=UserWarning)
+
+
+class PlainProgress(pl.Callback):
+    """Progress as plain lines, for logs written to a file (a progress bar there leaves \\r and escapes)."""
+
+    def __init__(self, every: int = 50) -> None:
+        self.every = every
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs, batch, batch_idx: int):
+        if trainer.is_global_zero and (batch_idx + 1) % self.every == 0:
+            loss = trainer.callback_metrics.get("train/loss")
+            shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
+            print(f"epoch {trainer.current_epoch} batch {batch_idx + 1}/{trainer.num_training_batches}, "
+                  f"global step {trainer.global_step}{shown}", flush=True)
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/the_metric")
+        if trainer.is_global_zero and value is not None and not trainer.sanity_checking:
+            print(f"epoch {trainer.current_epoch} global step {trainer.global_step}: "
+                  f"val/the_metric {float(value):.4f}", flush=True)
 
 
 def precision(settings: Settings) -> str:
@@ -43,6 +74,20 @@ def run_name(settings: Settings) -> str:
         tag = f"_{run.test_exp_name}" if run.test_exp_name else ""
         name += f"_test{tag}_missing_{d.missing_type['test']}_{d.missing_ratio['test']:g}"
     return name
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary name, flushed to disk, then renamed: a full disk or a kill
+    mid-write leaves the previous last.ckpt intact and no truncated file that resume or sweep would read."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def new_version_dir(parent: Path) -> Path:
@@ -79,8 +124,9 @@ def build_trainer(settings: Settings, logger: bool = True, checkpoints: bool = T
         callbacks.append(ModelCheckpoint(monitor="val/the_metric", mode="max", save_top_k=1))
         # a second callback: Lightning 2.6's save_last only saves when the best changed
         callbacks.append(ModelCheckpoint(filename="last", save_top_k=1, enable_version_counter=False))
+    bar = progress and sys.stderr.isatty()  # a bar on a terminal, plain lines in a log file
     if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
+        callbacks.append(TQDMProgressBar(refresh_rate=10) if bar else PlainProgress())
     max_steps = settings.optim.max_steps
     return pl.Trainer(
         accelerator=accelerator,
@@ -98,9 +144,10 @@ def build_trainer(settings: Settings, logger: bool = True, checkpoints: bool = T
         logger=loggers or False,
         callbacks=callbacks,
         enable_checkpointing=checkpoints,
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         fast_dev_run=run.fast_dev_run,
         benchmark=True,  # Lightning's DistributedSampler shards the datamodule's loaders under DDP
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -108,9 +155,13 @@ def fit(settings: Settings) -> pl.Trainer:
     from mdpl.datamodules import build_datamodule
     from mdpl.modules import TaskModule, create_model
 
+    resume = settings.run.resume_from
+    if resume:  # read once here: a corrupt or unsafe file is refused with its name before any work
+        load_checkpoint(resume, "resume_from", settings.run.trust_checkpoint)
     module = TaskModule(settings.config, create_model(settings))
     trainer = build_trainer(settings)
-    trainer.fit(module, datamodule=build_datamodule(settings), ckpt_path=settings.run.resume_from)
+    trainer.fit(module, datamodule=build_datamodule(settings), ckpt_path=resume,
+                weights_only=not settings.run.trust_checkpoint)
     if trainer.is_global_zero:
         print(training_summary(trainer), flush=True)
     return trainer

@@ -6,6 +6,8 @@ docs/official-behaviour.md#official-defects-and-our-fixes). Under DDP, Lightning
 
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
@@ -14,6 +16,21 @@ from mdpl.datamodules.collate import Collator
 from mdpl.datasets import SPLITS, build_dataset, missing_table
 from mdpl.settings import Settings
 from mdpl.tokenizer import get_tokenizer
+
+
+def usable_workers(requested: int) -> int:
+    """num_workers, reduced (with one line saying so) to the CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested > cpus:
+        if requested not in _REDUCED:
+            print(f"num_workers={requested} reduced to {cpus}: this machine has {cpus} CPUs for this process",
+                  flush=True)
+            _REDUCED.add(requested)
+        return cpus
+    return requested
+
+
+_REDUCED: set[int] = set()  # said once per process
 
 
 def build_collator(settings: Settings) -> Collator:
@@ -30,6 +47,7 @@ class MissingDataModule(pl.LightningDataModule):
         self.settings = settings
         self.datasets: dict[str, Dataset] = {}
         self.collate = build_collator(settings)
+        self.num_workers = usable_workers(settings.data.num_workers)
 
     def prepare_data(self) -> None:
         # Lightning runs this on local rank 0 alone, before any setup(): the tables are drawn here in the
@@ -56,8 +74,9 @@ class MissingDataModule(pl.LightningDataModule):
             self.datasets[split],
             batch_size=self.settings.data.per_gpu_batchsize,
             shuffle=split == "train",
-            num_workers=self.settings.data.num_workers,
+            num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,  # validation every val_check_interval reuses them
             collate_fn=self.collate,
         )
 

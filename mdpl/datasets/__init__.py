@@ -53,6 +53,7 @@ def build_dataset(settings: Settings, split: str, dataset: str | None = None) ->
         simulate_missing=d.simulate_missing and split == "train",
         one_text=task.name == "mmimdb" and d.mmimdb_one_plot,
         multilabel=task.multilabel,
+        source=str(_arrow_path(settings, split, dataset)),
     )
 
 

@@ -1,1 +1,1 @@
-"""Training utilities: epoch metrics (REFERENCE §8) and evaluation records (§10)."""
+"""Training utilities: epoch metrics and evaluation records (docs/official-behaviour.md#heads-losses-and-metrics)."""

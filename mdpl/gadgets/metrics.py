@@ -108,6 +108,11 @@ class TaskMetrics(nn.Module):
                 if name != "loss":
                     metric.update(logits, labels)
 
+    def has_samples(self, phase: str) -> bool:
+        """Whether this phase was updated since its last reset (DistributedSampler gives every process the
+        same number of batches, so the local count decides alike on all of them)."""
+        return any(metrics["loss"].update_count > 0 for metrics in self.phases[f"{phase}_metrics"].values())
+
     def compute(self, phase: str) -> dict[str, Tensor]:
         values, the_metric = {}, 0.0
         for task, metrics in self.phases[f"{phase}_metrics"].items():

@@ -8,7 +8,7 @@ AdamW here is transformers' old AdamW, not torch.optim.AdamW: the weight decay p
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn

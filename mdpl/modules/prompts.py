@@ -2,7 +2,8 @@
 
 `MDPLPrompts` owns every MDPL parameter under the official flat names (gen_t_prompt_memory.N.prompt_memory,
 shared_missing_t.N, bottleneck_texts.N.0.weight, ...; N is the position in the layer list) and runs the
-transformer blocks, inserting prompts before each prompt layer. See docs/official-behaviour.md#model-and-prompt-insertion.
+transformer blocks, inserting prompts before each prompt layer.
+See docs/official-behaviour.md#model-and-prompt-insertion.
 """
 
 from __future__ import annotations

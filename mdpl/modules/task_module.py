@@ -60,6 +60,8 @@ class TaskModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def _log_epoch(self, phase: str) -> None:
+        if not self.task_metrics.has_samples(phase):
+            return  # e.g. a run resumed at the end of an epoch: nothing to average, so nothing is logged
         values = self.task_metrics.compute(phase)  # synced across processes by torchmetrics
         self.task_metrics.reset(phase)
         # every process already holds the same values (the checkpoint callback reads them on each);

@@ -13,8 +13,9 @@ def resized_hw(w: int, h: int, shorter: int) -> tuple[int, int]:
     """(height, width) after the official resize: shorter side -> `shorter`, longer side capped at
     int(1333 / 800 * shorter), rounded, then floored to a multiple of 32.
 
-    Deviation (REFERENCE §12.14): an aspect ratio beyond ~20:1 floors a side to 0 officially (a crash later);
-    here each side is clamped to at least one patch (32), which changes nothing for any other image.
+    Deviation (docs/official-behaviour.md#official-defects-and-our-fixes, D22): an aspect ratio beyond ~20:1
+    floors a side to 0 officially (a crash later); here each side is clamped to at least one patch (32),
+    which changes nothing for any other image.
     """
     longer = int(1333 / 800 * shorter)
     scale = shorter / min(w, h)
