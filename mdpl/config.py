@@ -30,7 +30,8 @@ class _DropNoise(logging.Filter):
         return not message.startswith(("Changed type of config entry", "No observers have been added"))
 
 
-logging.getLogger("mdpl").addFilter(_DropNoise())
+for _name in ("", "mdpl"):  # sacred logs them on the root logger or the experiment's
+    logging.getLogger(_name).addFilter(_DropNoise())
 
 
 def _loss_names(d: dict) -> dict:

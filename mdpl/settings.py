@@ -379,22 +379,27 @@ def check_files(settings: Settings) -> None:
             raise FileNotFoundError(f"config {key}={value!r}: no such file")
 
 
-def model_for_evaluation(saved: dict | None, checkpoint_method: str, config: dict, command_line: set[str],
-                         source: str) -> tuple[ModelConfig, list[str]]:
-    """The model config to evaluate a checkpoint with, and notes to print.
+MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "tasks") + ("loss_names",)
+
+
+def evaluation_config(saved: dict, checkpoint_method: str, config: dict, command_line: set[str],
+                      source: str) -> tuple[dict, list[str]]:
+    """`config` with the model keys of the checkpoint it evaluates, and notes to print.
 
     Model keys come from the checkpoint's saved config (`saved`); official checkpoints store none, so theirs
     come from `config` with the prompt_method told by their parameter names. A model key given on the command
     line (`command_line`) that disagrees with the checkpoint is an error, except INFERENCE_OPTIONS, which
-    override the checkpoint's value with a note.
+    override the checkpoint's value with a note. Data, device and evaluation keys stay as in `config`.
     """
-    here = ModelConfig.from_config(config)
     if not saved:
-        return ModelConfig.from_config({**config, "prompt_method": checkpoint_method}), []
-    merged = {**config, **{k: saved[k] for k in here.to_config() if k in saved}}
+        if "prompt_method" in command_line and config["prompt_method"] != checkpoint_method:
+            raise ConfigError(f"config prompt_method={config['prompt_method']!r} disagrees with {source}, whose "
+                              f"parameters are those of prompt_method={checkpoint_method!r}")
+        return {**config, "prompt_method": checkpoint_method}, []
+    merged = {**config, **{k: copy.deepcopy(saved[k]) for k in MODEL_KEYS if k in saved}}
     notes = []
-    for key in sorted(command_line):
-        if key not in merged or key == "loss_names" or key not in saved or config[key] == saved[key]:
+    for key in sorted(command_line & set(MODEL_KEYS) - {"loss_names"}):
+        if key not in saved or config[key] == saved[key]:
             continue
         if key in INFERENCE_OPTIONS:
             merged[key] = config[key]
@@ -402,8 +407,9 @@ def model_for_evaluation(saved: dict | None, checkpoint_method: str, config: dic
             continue
         raise ConfigError(f"config {key}={config[key]!r} disagrees with {source}, trained with {key}={saved[key]!r}; "
                           f"model keys come from the checkpoint: drop {key} from the command line")
-    model = ModelConfig.from_config(merged)
-    if model.tasks != here.tasks:
-        raise ConfigError(f"{source} was trained for task(s) {list(model.tasks)} but the config's loss_names / "
-                          f"datasets are for {list(here.tasks)} (another task?)")
-    return model, notes
+    tasks = sorted(t for t in TASKS if config["loss_names"].get(t, 0) > 0)
+    trained = sorted(t for t in TASKS if merged["loss_names"].get(t, 0) > 0)
+    if tasks != trained:
+        raise ConfigError(f"{source} was trained for task(s) {trained} but the config's loss_names / datasets are "
+                          f"for {tasks} (another task?)")
+    return merged, notes

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from mdpl.settings import Settings, check_files, check_sweep
+from mdpl.settings import Settings, check_files, check_sweep, resolve
 from mdpl.tasks import TASKS
 from mdpl.train import build_trainer, new_version_dir
 from mdpl.writers.common import atomic_path
@@ -92,16 +92,16 @@ def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
     from mdpl.datamodules import build_datamodule
     from mdpl.modules import TaskModule, model_for_checkpoint
 
-    base = Settings.from_config({**config, "test_only": False, "test_exp_name": None, "resume_from": None})
-    paths, types, ratios = check_sweep(base.config)
+    config = {**resolve(config), "test_only": False, "test_exp_name": None, "resume_from": None}
+    paths, types, ratios = check_sweep(config)
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config sweep_paths / load_path: checkpoint {path!r} not found")
-    check_files(Settings.from_config({**base.config, "load_path": ""}))
     runs = []  # all models first, so a wrong checkpoint fails before any evaluation
     for path in paths:
-        point = Settings.from_config({**base.config, "load_path": path})
-        runs.append(model_for_checkpoint(path, point, command_line, "sweep_paths"))
+        runs.append(model_for_checkpoint(path, config, command_line, "sweep_paths"))
+    base = runs[0][0]
+    check_files(Settings.from_config({**base.config, "load_path": ""}))
     names = series_names(paths, [s.model.prompt_method for s, _ in runs])
 
     trainer = build_trainer(base, logger=False, checkpoints=False, progress=False)

@@ -25,7 +25,7 @@ from mdpl.writers.common import atomic_path
 
 # Lightning's advertising tip and a deprecation inside Lightning itself: nothing a user can act on
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval", category=UserWarning)
 
 
@@ -178,14 +178,16 @@ def training_summary(trainer: pl.Trainer) -> str:
     ])
 
 
-def evaluate(settings: Settings, command_line: set[str] = frozenset()) -> list[dict]:
+def evaluate(config: dict, command_line: set[str] = frozenset()) -> list[dict]:
     """Test load_path with the model rebuilt from its own saved config; append the records line."""
     from mdpl.datamodules import build_datamodule
     from mdpl.gadgets.records import append_records
     from mdpl.modules import TaskModule, model_for_checkpoint
 
-    settings, model = model_for_checkpoint(settings.run.load_path, settings, command_line)
+    settings, model = model_for_checkpoint(config["load_path"], config, command_line)
+    check_files(settings)
     check_records_root(settings)
+    pl.seed_everything(settings.run.seed)  # before the datamodule: the missing tables use the seeded `random`
     trainer = build_trainer(settings)
     results = trainer.test(TaskModule(settings.config, model), datamodule=build_datamodule(settings))
     if trainer.is_global_zero:
@@ -211,10 +213,10 @@ def check_records_root(settings: Settings) -> None:
 def main(config: dict, command_line: set[str] = frozenset()) -> list[dict] | None:
     """Fit, or test with test_only=True (returns trainer.test's metrics). `command_line` names the keys the
     user set explicitly (run.py passes them): evaluation refuses a model key that disagrees with the checkpoint."""
+    if config.get("test_only") and config.get("load_path"):  # model keys come from the checkpoint
+        return evaluate(config, command_line)
     settings = Settings.from_config(config)
     check_files(settings)
     pl.seed_everything(settings.run.seed)  # before the datamodule: the missing tables use the seeded `random`
-    if settings.run.test_only:
-        return evaluate(settings, command_line)
     fit(settings)
     return None

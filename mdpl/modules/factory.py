@@ -12,7 +12,7 @@ import logging
 
 from mdpl.modules import weights
 from mdpl.modules.model import PromptedViLT
-from mdpl.settings import Settings, model_for_evaluation
+from mdpl.settings import Settings, evaluation_config
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,19 @@ def create_model(settings: Settings) -> PromptedViLT:
     return model
 
 
-def model_for_checkpoint(path: str, settings: Settings, command_line: set[str] = frozenset(),
-                         what: str = "load_path") -> tuple[Settings, PromptedViLT]:
-    """(settings with the checkpoint's model config, the model with its weights). Model keys come from the
-    checkpoint (official checkpoints, which store none, from `settings` with their prompt method told by
-    their parameter names); a disagreeing model key on the command line is an error."""
-    sd, saved = weights.read_checkpoint(path, what, settings.run.trust_checkpoint)
+def model_for_checkpoint(path: str, config: dict, command_line: set[str] = frozenset(), what: str = "load_path",
+                         trust: bool = False) -> tuple[Settings, PromptedViLT]:
+    """(settings with the checkpoint's model config, the model with its weights) for evaluating `path`.
+
+    Model keys come from the checkpoint (official checkpoints, which store none, from `config` with their
+    prompt method told by their parameter names); a disagreeing model key on the command line is an error
+    (see mdpl.settings.evaluation_config). Nothing but `path` is read."""
+    sd, saved = weights.read_checkpoint(path, what, trust or bool(config.get("trust_checkpoint")))
     source = f"{what}={path!r}"
-    model_cfg, notes = model_for_evaluation(saved, weights.prompt_method_of(sd), settings.config, set(command_line),
-                                            source)
+    merged, notes = evaluation_config(saved, weights.prompt_method_of(sd), config, set(command_line), source)
     for note in notes:
         print(note, flush=True)
-    settings = settings.with_model(model_cfg)
-    model = PromptedViLT(model_cfg)
+    settings = Settings.from_config({**merged, "load_path": path})
+    model = PromptedViLT(settings.model)
     weights.load_finetuned(model, sd, source)
     return settings, model

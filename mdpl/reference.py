@@ -1,0 +1,242 @@
+"""A slow, independent reference of the MDPL forward pass, written from REFERENCE.md §6-§8 (for tests and
+benchmarks/throughput.py; not used in training or evaluation).
+
+Per-sample Python loops, explicit softmax attention, hand-written LayerNorm / GELU / bilinear resizing, no
+nn.Module: it reads the weights from a state dict with official names, so tests and the throughput
+benchmark can feed it exactly the fast model's weights. The patch order is the deterministic one
+(valid patches row-major, then the first invalid cells row-major as pads), i.e. patch_order="fixed".
+Dropout is not modelled (compare in eval mode). Works in any float dtype (float64 for tight checks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def layer_norm(x: Tensor, w: Tensor, b: Tensor, eps: float) -> Tensor:
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * w + b
+
+
+def gelu(x: Tensor) -> Tensor:
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def linear(x: Tensor, p: dict, name: str) -> Tensor:
+    return x @ p[f"{name}.weight"].t() + p[f"{name}.bias"]
+
+
+def interp_matrix(n_out: int, n_in: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """n_out x n_in weights of 1-D linear interpolation with align_corners=True."""
+    a = torch.zeros(n_out, n_in, dtype=dtype)
+    for i in range(n_out):
+        s = i * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        i0 = min(int(math.floor(s)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        frac = s - i0
+        a[i, i0] += 1.0 - frac
+        a[i, i1] += frac
+    return a.to(device)
+
+
+def attention(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
+    """One sample: x N x D, mask N (1 visible)."""
+    N, D = x.shape
+    dh = D // heads
+    qkv = linear(x, p, f"{pre}.qkv")
+    out = []
+    for h in range(heads):
+        q = qkv[:, h * dh:(h + 1) * dh]
+        k = qkv[:, D + h * dh:D + (h + 1) * dh]
+        v = qkv[:, 2 * D + h * dh:2 * D + (h + 1) * dh]
+        s = (q @ k.t()) / math.sqrt(dh)
+        s = s.masked_fill(mask[None, :] == 0, float("-inf"))
+        e = torch.exp(s - s.max(dim=1, keepdim=True).values)
+        out.append((e / e.sum(dim=1, keepdim=True)) @ v)
+    return linear(torch.cat(out, dim=1), p, f"{pre}.proj")
+
+
+def block(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
+    x = x + attention(layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], 1e-6), mask, p,
+                      f"{pre}.attn", heads)
+    y = layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], 1e-6)
+    return x + linear(gelu(linear(y, p, f"{pre}.mlp.fc1")), p, f"{pre}.mlp.fc2")
+
+
+def text_tokens(ids: Tensor, p: dict) -> Tensor:
+    """One sample's text: LN(word + BERT type 0 + position) (eps 1e-12), plus ViLT's text type embedding."""
+    te = p["text_embeddings.word_embeddings.weight"][ids] + \
+        p["text_embeddings.position_embeddings.weight"][:ids.shape[0]] + \
+        p["text_embeddings.token_type_embeddings.weight"][0]
+    te = layer_norm(te, p["text_embeddings.LayerNorm.weight"], p["text_embeddings.LayerNorm.bias"], 1e-12)
+    return te + p["token_type_embeddings.weight"][0]
+
+
+def image_tokens(images: Tensor, p: dict, patch: int) -> tuple[list[Tensor], list[Tensor]]:
+    """Per sample: (tokens 1+cap x D, mask 1+cap), fixed patch order."""
+    B, _, H, W = images.shape
+    gh, gw = H // patch, W // patch
+    table = p["transformer.pos_embed"][0]
+    D = table.shape[1]
+    g = int(round(math.sqrt(table.shape[0] - 1)))
+    grid = table[1:].reshape(g, g, D)
+    w_conv = p["transformer.patch_embed.proj.weight"].reshape(D, -1)
+    per_sample = []
+    for b in range(B):
+        img = images[b]
+        valid_px = (img.sum(0) != 0).cpu()
+        rows = [int(math.floor(i * H / gh)) for i in range(gh)]
+        cols = [int(math.floor(j * W / gw)) for j in range(gw)]
+        valid = torch.tensor([[bool(valid_px[r, c]) for c in cols] for r in rows])
+        h, w = int(valid[:, 0].sum()), int(valid[0, :].sum())
+        ay, ax = interp_matrix(h, g, grid.dtype, img.device), interp_matrix(w, g, grid.dtype, img.device)
+        pos = torch.einsum("ig,jk,gkd->ijd", ay, ax, grid)
+        cells = []
+        for i in range(gh):
+            for j in range(gw):
+                feat = img[:, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch].reshape(-1) @ w_conv.t()
+                feat = feat + p["transformer.patch_embed.proj.bias"]
+                if i < h and j < w:
+                    feat = feat + pos[i, j]
+                cells.append((bool(valid[i, j]), feat))
+        per_sample.append((h * w, cells))
+    cap = max(n for n, _ in per_sample)
+    cls = p["transformer.cls_token"][0, 0] + table[0]
+    toks, masks = [], []
+    for _, cells in per_sample:
+        ordered = [c for c in cells if c[0]] + [c for c in cells if not c[0]]
+        ordered = ordered[:cap]
+        toks.append(torch.stack([cls] + [f for _, f in ordered]) + p["token_type_embeddings.weight"][1])
+        masks.append(torch.tensor([1] + [int(v) for v, _ in ordered], device=images.device))
+    return toks, masks
+
+
+def memory_read(q: Tensor, mem: Tensor, keys: Tensor, top_k: int) -> Tensor:
+    qn = q / torch.clamp(torch.sqrt((q * q).sum()), min=1e-12)
+    kn = keys / torch.clamp(torch.sqrt((keys * keys).sum(1, keepdim=True)), min=1e-12)
+    scores = [float((qn * kn[i]).sum().detach()) for i in range(keys.shape[0])]
+    chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:min(top_k, keys.shape[0])]
+    r = torch.stack([(qn * kn[i]).sum() for i in chosen])
+    e = torch.exp(r - r.max())
+    w = e / e.sum()
+    return sum(w[j] * mem[i] for j, i in enumerate(chosen))
+
+
+def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
+    """Returns {"cls_feats": B x D, f"{task}_logits": B x C} for the active tasks."""
+    c = config
+    heads = c["num_heads"]
+    gen_layers, shared_layers = list(c["gen_prompt_layers"]), list(c["shared_prompt_layers"])
+    images = batch["image"][0]
+    img_toks, img_masks = image_tokens(images, p, c["patch_size"])
+    ids, tmask = batch["text_ids"], batch["text_masks"]
+    T = ids.shape[1]
+    feats = []
+    for b in range(ids.shape[0]):
+        te = text_tokens(ids[b], p)
+        tm, im, ie = tmask[b], img_masks[b], img_toks[b]
+        mtype = int(batch["missing_type"][b])
+        t_side, v_side = te[:0], te[:0]  # the prompt tokens on each side (0 x D at first)
+        text, image = te, ie
+        n_shared_t = n_shared_v = 0
+        for layer in range(c["num_layers"]):
+            if layer in gen_layers or layer in shared_layers:
+                if layer in gen_layers:
+                    i = gen_layers.index(layer)
+                    if c.get("masked_query"):
+                        q_t = torch.stack([text[j] for j in range(T) if tm[j]]).max(0).values
+                        q_v = torch.stack([image[j] for j in range(image.shape[0]) if im[j]]).max(0).values
+                    else:
+                        q_t, q_v = text.max(0).values, image.max(0).values
+                    p_t = memory_read(q_t, p[f"gen_t_prompt_memory.{i}.prompt_memory"],
+                                      p[f"gen_t_prompt_memory.{i}.prompt_keys"], c["top_k"])
+                    p_v = memory_read(q_v, p[f"gen_v_prompt_memory.{i}.prompt_memory"],
+                                      p[f"gen_v_prompt_memory.{i}.prompt_keys"], c["top_k"])
+                if layer in shared_layers:
+                    i = shared_layers.index(layer)
+                    a_t, a_v = p[f"shared_missing_t.{i}"], p[f"shared_missing_v.{i}"]
+                    base = {0: a_t + a_v, 1: a_t, 2: a_v}[mtype]
+                    s_t = linear(gelu(linear(base, p, f"bottleneck_texts.{i}.0")), p, f"bottleneck_texts.{i}.2")
+                    s_v = linear(gelu(linear(base, p, f"bottleneck_images.{i}.0")), p, f"bottleneck_images.{i}.2")
+                if layer in gen_layers and layer in shared_layers:
+                    t_side = torch.cat([s_t, p_t, t_side])
+                    v_side = torch.cat([s_v, p_v, v_side])
+                elif layer in gen_layers:
+                    t_side = torch.cat([t_side[:n_shared_t], p_t, t_side[n_shared_t:]])
+                    v_side = torch.cat([v_side[:n_shared_v], p_v, v_side[n_shared_v:]])
+                else:
+                    t_side = torch.cat([s_t, t_side])
+                    v_side = torch.cat([s_v, v_side])
+                if layer in shared_layers:
+                    n_shared_t += s_t.shape[0]
+                    n_shared_v += s_v.shape[0]
+            nt, nv = t_side.shape[0], v_side.shape[0]
+            x = torch.cat([t_side, text, v_side, image])
+            mask = torch.cat([tm.new_ones(nt), tm, im.new_ones(nv), im])
+            x = block(x, mask, p, f"transformer.blocks.{layer}", heads)
+            t_side = x[:nt]
+            text = x[nt:nt + T]
+            v_side = x[nt + T:nt + T + nv]
+            image = x[nt + T + nv:]
+        x = layer_norm(x, p["transformer.norm.weight"], p["transformer.norm.bias"], 1e-6)
+        feats.append(torch.tanh(linear(x[nt], p, "pooler.dense")))  # the text [CLS]
+    cls = torch.stack(feats)
+    out = {"cls_feats": cls}
+    for task in ("mmimdb", "food101", "hatememes"):
+        if c["loss_names"].get(task, 0) > 0:
+            h = linear(cls, p, f"{task}_classifier.0")
+            h = gelu(layer_norm(h, p[f"{task}_classifier.1.weight"], p[f"{task}_classifier.1.bias"], 1e-5))
+            out[f"{task}_logits"] = linear(h, p, f"{task}_classifier.3")
+    return out
+
+
+# ---- inputs shared by the model tests and the throughput benchmark
+
+
+def base_config(task: str = "food101", **overrides) -> dict:
+    """The official defaults (mdpl.config.make_config) for one task (its dataset and loss_names entry; itm/mlm
+    off), with a batch size set so that the config validates, and `overrides` applied as command-line updates."""
+    from mdpl.config import make_config
+    from mdpl.tasks import TASKS
+
+    loss_names = {"itm": 0, "mlm": 0, task: 1, **overrides.pop("loss_names", {})}
+    updates = {"datasets": [TASKS[task].dataset], "per_gpu_batchsize": 1, **overrides, "loss_names": loss_names}
+    return make_config(**updates)
+
+
+SMALL = dict(  # a tiny model: D=32, 4 layers, 16-pixel patches, 4x4 position grid, prompts at layers 0 and 1
+    hidden_size=32, num_heads=4, num_layers=4, image_size=64, patch_size=16, max_text_len=10, vocab_size=50,
+    gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], gen_prompt_length=3, shared_prompt_length=2,
+    mem_size=6, top_k=3, drop_rate=0.0, patch_order="fixed",
+)
+
+
+def small_config(task: str = "food101", **overrides) -> dict:
+    """base_config with the SMALL model, then `overrides`."""
+    return base_config(task, **{**SMALL, **overrides})
+
+
+def make_batch(config: dict, batch_size: int = 3, image_hw: tuple[int, int] = (64, 96), seed: int = 0,
+               task: str = "food101") -> dict:
+    """Images of different sizes on a zero canvas, texts of different lengths, missing types 0, 1, 2, ..."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = image_hw
+    P = config["patch_size"]
+    images = torch.zeros(batch_size, 3, H, W)
+    masks = torch.zeros(batch_size, config["max_text_len"], dtype=torch.long)
+    for b in range(batch_size):
+        h = H if b % 2 == 0 else max(P, (H // 2) // P * P)
+        w = W if b % 3 != 1 else max(P, (W // 2) // P * P)
+        images[b, :, :h, :w] = torch.rand(3, h, w, generator=g) * 2 - 1
+        masks[b, : max(2, config["max_text_len"] - 3 * b)] = 1
+    ids = torch.randint(1, config["vocab_size"], masks.shape, generator=g) * masks
+    if task == "mmimdb":
+        label = (torch.rand(batch_size, config["mmimdb_class_num"], generator=g) > 0.7).float()
+    else:
+        label = torch.randint(0, config[f"{task}_class_num"], (batch_size,), generator=g)
+    return {"image": [images], "text_ids": ids, "text_masks": masks, "text": [""] * batch_size, "label": label,
+            "missing_type": torch.arange(batch_size) % 3}
