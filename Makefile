@@ -15,7 +15,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Lint and format checks first (ruff, configured in pyproject.toml), then the suite (slow tests included).
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -29,4 +32,5 @@ demo: $(STAMP)
 		load_path=$$(ls demo_output/result/demo_food101_seed42_from_/version_0/checkpoints/epoch=*.ckpt)
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
