@@ -29,6 +29,7 @@ class TaskModule(pl.LightningModule):
         inline_module(self, "model", model if model is not None else PromptedViLT(self.settings.model))
         cfg = self.settings.model
         self.task_metrics = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})  # not saved in checkpoints
+        self._first_bad: Tensor | None = None  # (loss, epoch, global step) of the first non-finite loss
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """The model's outputs plus {task}_loss and {task}_labels for each task."""
@@ -44,14 +45,37 @@ class TaskModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
-        # any process with a non-finite loss stops all of them before a step or checkpoint can use it
-        if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}: "
-                "training stopped; the checkpoints saved so far (last.ckpt and the best) are kept unchanged. "
-                "Try a lower learning_rate or precision=32.")
+        # Non-finite losses are noted on the device (no host sync per step) and checked when the logged values
+        # are read anyway, before every validation and before any checkpoint is written (see _stop_if_nonfinite).
+        bad = ~torch.isfinite(loss.detach())
+        if self._first_bad is None:
+            self._first_bad = torch.full((3,), -1.0, device=loss.device)
+        note = torch.stack([loss.detach().float(), loss.new_tensor(self.current_epoch, dtype=torch.float),
+                            loss.new_tensor(self.global_step, dtype=torch.float)])
+        self._first_bad = torch.where(bad & (self._first_bad[2] < 0), note, self._first_bad)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self._stop_if_nonfinite()
+
+    def on_validation_start(self) -> None:
+        self._stop_if_nonfinite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._stop_if_nonfinite()
+
+    def _stop_if_nonfinite(self) -> None:
+        """Any process that saw a non-finite training loss stops all of them (one host sync)."""
+        if self._first_bad is None:
+            return
+        first = self._first_bad.tolist()
+        if self.trainer.strategy.reduce_boolean_decision(first[2] >= 0, all=False):
+            where = f" at epoch {int(first[1])}, global step {int(first[2])}" if first[2] >= 0 else " elsewhere"
+            raise FloatingPointError(
+                f"training loss is {first[0]}{where}: training stopped; the checkpoints saved so far (last.ckpt and "
+                "the best) are kept unchanged. Try a lower learning_rate or precision=32.")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
