@@ -10,25 +10,22 @@ timed from the second batch on, so worker start-up is left out.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mdpl.config import ex  # noqa: E402
-from mdpl.datamodules import build_datamodule  # noqa: E402
-from mdpl.synthetic import generate  # noqa: E402
-from mdpl.writers import WRITERS, convert  # noqa: E402
+from mdpl.config import make_config
+from mdpl.datamodules import build_datamodule
+from mdpl.settings import Settings
+from mdpl.synthetic import generate
+from mdpl.writers import WRITERS, convert
 
 
 def samples_per_second(config: dict) -> float:
-    dm = build_datamodule(config)
+    dm = build_datamodule(Settings.from_config(config))
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # start-up: worker launch and first batch
@@ -49,16 +46,14 @@ def main() -> None:
         total = int(args.samples / 0.7) + 1
         generate("food101", tmp, samples=total, classes=10, size=(512, 384))
         convert(WRITERS["food101"], tmp, Path(tmp) / "arrow")
-        base = copy.deepcopy(dict(ex.configurations[0]()))
-        base.update(datasets=["Food101"], data_root=str(Path(tmp) / "arrow"), missing_table_root=str(Path(tmp) / "t"),
-                    per_gpu_batchsize=args.batch, max_text_len=512)  # fmt: skip
-        base["loss_names"].update(itm=0, mlm=0, food101=1)
+        base = dict(datasets=["Food101"], loss_names={"itm": 0, "mlm": 0, "food101": 1},
+                    data_root=str(Path(tmp) / "arrow"), missing_table_root=str(Path(tmp) / "t"),
+                    per_gpu_batchsize=args.batch, batch_size=args.batch, max_text_len=512)  # fmt: skip
         print(f"cpu cores: {os.cpu_count()}, torch threads: 1, batch {args.batch}, images 512x384 -> 384x512")
         for ratio in (0.0, 0.7):
             for workers in args.workers:
-                cfg = copy.deepcopy(base)
-                cfg["num_workers"] = workers
-                cfg["missing_ratio"] = {"train": ratio, "val": ratio, "test": ratio}
+                cfg = make_config(**base, num_workers=workers,
+                                  missing_ratio={"train": ratio, "val": ratio, "test": ratio})
                 rate = samples_per_second(cfg)
                 per = rate / max(workers, 1)
                 print(f"image missing {ratio:.0%}: num_workers={workers}: {rate:7.1f} samples/s "

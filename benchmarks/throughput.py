@@ -1,4 +1,4 @@
-"""Train-step and eval throughput of MemPromptTransformer against the slow reference (tests/reference_mdpl.py).
+"""Train-step and eval throughput of PromptedViLT against the slow reference (mdpl/reference.py).
 
     python benchmarks/throughput.py            # CUDA: full shapes under fp16 autocast; CPU: full shapes in fp32
     python benchmarks/throughput.py --quick    # CPU smoke run: Food-101, batch 2, one step per phase (~5 min)
@@ -21,18 +21,15 @@ linear layers and two per attention matmul. MFU = achieved FLOP/s / the card's d
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from reference_mdpl import base_config, reference_forward  # noqa: E402
-
-from mdpl.modules import MemPromptTransformer  # noqa: E402
+from mdpl.modules import PromptedViLT
+from mdpl.reference import base_config, reference_forward
+from mdpl.settings import Settings
 
 SHAPES = {
     "food101": dict(text_len=512, image_hw=(384, 576), batch=32, real_text=(16, 24), classes=101),
@@ -43,9 +40,7 @@ OFFICIAL_H200 = {"food101": (77.0, 144.0)}  # official fp16 batch 32 samples/s (
 
 
 def make_config(task: str, **options) -> dict:
-    c = base_config(max_text_len=SHAPES[task]["text_len"], **options)
-    c["loss_names"] = {**c["loss_names"], "itm": 0, "mlm": 0, task: 1}
-    return c
+    return base_config(task, **{"max_text_len": SHAPES[task]["text_len"], **options})
 
 
 def make_batch(task: str, batch: int, device: torch.device, seed: int = 0) -> dict:
@@ -104,7 +99,7 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
     options = dict(masked_query=True, trim_text=True) if mode == "fast+trim" else {}
     c = make_config(task, **options, **(overrides or {}))
     torch.manual_seed(0)
-    model = MemPromptTransformer(c).to(device)
+    model = PromptedViLT(Settings.from_config(c).model).to(device)
     batch = make_batch(task, args.batch, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)

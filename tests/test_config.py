@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mdpl.config import ex
+from mdpl.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,20 +35,15 @@ OFFICIAL_DEFAULTS = {
 LOSS_KEYS = ["itm", "mlm", "mpp", "mppd", "vqa", "nlvr2", "irtr", "mmimdb", "hatememes", "food101"]
 
 
-def config_of(*named: str, **updates) -> dict:
-    return ex.run("print_config", named_configs=list(named), config_updates=updates,
-                  options={"--loglevel": "ERROR"}).config
-
-
 def test_every_official_key_at_its_default():
-    cfg = config_of()
+    cfg = make_config()
     for key, value in OFFICIAL_DEFAULTS.items():
         assert cfg[key] == value, key
     assert cfg["loss_names"] == {k: int(k in ("itm", "mlm")) for k in LOSS_KEYS}
 
 
 def test_our_keys_default_to_official_behaviour():
-    cfg = config_of()
+    cfg = make_config()
     assert cfg["prompt_method"] == "mdpl"
     assert cfg["masked_query"] is False and cfg["fp32_similarity"] is False and cfg["trim_text"] is False
     assert cfg["patch_order"] == "random" and cfg["table_draw"] == "official"
@@ -64,7 +59,7 @@ def test_our_keys_default_to_official_behaviour():
     ],
 )
 def test_task_named_configs(name, exp_name, datasets, task, lr, val_check, text_len):
-    cfg = config_of(name)
+    cfg = make_config(name)
     assert (cfg["exp_name"], cfg["datasets"], cfg["learning_rate"]) == (exp_name, datasets, lr)
     assert (cfg["val_check_interval"], cfg["max_text_len"]) == (val_check, text_len)
     assert cfg["loss_names"] == {k: int(k == task) for k in LOSS_KEYS}
@@ -76,10 +71,11 @@ def test_task_named_configs(name, exp_name, datasets, task, lr, val_check, text_
 
 
 def test_command_line_updates_override_named_configs():
-    cfg = config_of("task_finetune_food101", per_gpu_batchsize=8, learning_rate=1e-3)
+    cfg = make_config("task_finetune_food101", per_gpu_batchsize=8, learning_rate=1e-3)
     assert cfg["per_gpu_batchsize"] == 8 and cfg["learning_rate"] == 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_git_repo", [False, True])
 def test_print_config_from_any_folder(tmp_path, in_git_repo):
     if in_git_repo:  # a repository with no commit used to make sacred fail

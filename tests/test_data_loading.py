@@ -9,9 +9,10 @@ from PIL import Image
 from torch.utils.data import RandomSampler, SequentialSampler
 from torchvision import transforms as T
 
-from mdpl.config import ex
+from mdpl.config import make_config
 from mdpl.datamodules import build_datamodule, build_test_loader
 from mdpl.datasets import build_dataset
+from mdpl.settings import ConfigError, Settings
 from mdpl.synthetic import generate
 from mdpl.transforms import PixelBert, keys_to_transforms, resized_hw
 from mdpl.writers import WRITERS, convert
@@ -32,14 +33,16 @@ def data(tmp_path_factory):
     return out
 
 
-def make_config(data, tmp_path, name="food101", **updates) -> dict:
-    cfg = copy.deepcopy(dict(ex.configurations[0]()))
-    cfg["loss_names"][TASK[name]] = 1
-    cfg["loss_names"]["mlm"] = cfg["loss_names"]["itm"] = 0
-    cfg.update(datasets=[NAMES[name]], data_root=str(data[name]), missing_table_root=str(tmp_path / "tables"),
-               per_gpu_batchsize=4, num_workers=0, image_size=64, max_text_len=16)  # fmt: skip
-    cfg.update(updates)
-    return cfg
+def config_of(data, tmp_path, name="food101", **updates) -> dict:
+    """The official defaults for one synthetic dataset (its task in loss_names), with `updates`."""
+    loss_names = {"itm": 0, "mlm": 0, TASK[name]: 1, **updates.pop("loss_names", {})}
+    base = dict(datasets=[NAMES[name]], data_root=str(data[name]), missing_table_root=str(tmp_path / "tables"),
+                per_gpu_batchsize=4, num_workers=0, image_size=64, max_text_len=16)
+    return make_config(**{**base, **updates, "loss_names": loss_names})
+
+
+def settings_of(data, tmp_path, name="food101", **updates) -> Settings:
+    return Settings.from_config(config_of(data, tmp_path, name, **updates))
 
 
 @pytest.mark.parametrize("w,h,out", [(500, 500, (384, 384)), (300, 450, (576, 384)), (1000, 300, (192, 608))])
@@ -69,10 +72,10 @@ def test_randaug_key_keeps_the_resize_rule():
 
 
 def test_missing_text_and_image_items_and_collate(data, tmp_path):
-    complete = build_dataset(make_config(data, tmp_path, missing_ratio={"train": 0, "val": 0, "test": 0}), "train")
-    text = build_dataset(make_config(data, tmp_path, missing_type={"train": "text", "val": "text", "test": "text"},
+    complete = build_dataset(settings_of(data, tmp_path, missing_ratio={"train": 0, "val": 0, "test": 0}), "train")
+    text = build_dataset(settings_of(data, tmp_path, missing_type={"train": "text", "val": "text", "test": "text"},
                                      missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")  # fmt: skip
-    image = build_dataset(make_config(data, tmp_path, missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")
+    image = build_dataset(settings_of(data, tmp_path, missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")
     a, t, i = complete[3], text[3], image[3]
     assert (a["missing_type"], t["missing_type"], i["missing_type"]) == (0, 1, 2)
     assert t["text"] == "" and a["text"] != ""
@@ -80,7 +83,7 @@ def test_missing_text_and_image_items_and_collate(data, tmp_path):
     assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 1).all()  # ones, transformed shape
     assert i["text"] == a["text"] and a["label"].dtype == torch.long
 
-    dm = build_datamodule(make_config(data, tmp_path))
+    dm = build_datamodule(settings_of(data, tmp_path))
     batch = dm.collate([a, t, i])
     h = max(x["image"][0].shape[1] for x in (a, t, i))
     w = max(x["image"][0].shape[2] for x in (a, t, i))
@@ -91,26 +94,23 @@ def test_missing_text_and_image_items_and_collate(data, tmp_path):
     assert batch["text_ids"].shape == batch["text_masks"].shape == (3, 16)
     assert batch["text_ids"][1].tolist() == [101, 102] + [0] * 14  # "" -> [CLS] [SEP] pads
     assert batch["text_masks"][1].tolist() == [1, 1] + [0] * 14
-    assert (batch["text_labels"] == -100).all()
+    assert set(batch) == {"image", "text", "text_ids", "text_masks", "label", "missing_type"}  # no MLM keys
     assert batch["missing_type"].tolist() == [0, 1, 2] and batch["missing_type"].dtype == torch.long
     assert batch["label"].dtype == torch.long and batch["label"].shape == (3,)
     assert batch["text"] == [a["text"], "", a["text"]]
     assert "text_ids_mlm" not in batch
 
 
-def test_mlm_keys_only_with_an_mlm_objective(data, tmp_path):
-    cfg = make_config(data, tmp_path)
-    cfg["loss_names"]["mlm"] = 1
-    dm = build_datamodule(cfg)
+def test_no_mlm_keys_even_with_mlm_in_loss_names(data, tmp_path):
+    """No objective reads MLM inputs, so none are drawn (mlm in loss_names is an unused official key)."""
+    dm = build_datamodule(settings_of(data, tmp_path, loss_names={"mlm": 1}))
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
-    assert batch["text_ids_mlm"].shape == batch["text_labels_mlm"].shape == batch["text_ids"].shape
-    changed = batch["text_ids_mlm"] != batch["text_ids"]
-    assert (batch["text_labels_mlm"][changed] == batch["text_ids"][changed]).all()
+    assert not any("mlm" in k for k in batch) and "text_labels" not in batch
 
 
 def test_mmimdb_one_sample_per_plot_row_major(data, tmp_path):
-    cfg = make_config(data, tmp_path, "mmimdb", missing_type={"train": "both", "val": "both", "test": "both"})
+    cfg = settings_of(data, tmp_path, "mmimdb", missing_type={"train": "both", "val": "both", "test": "both"})
     ds = build_dataset(cfg, "train")
     expected = [(r, k) for r, plots in enumerate(ds.texts) for k in range(len(plots))]
     assert len(ds) == len(expected) > len(ds.texts)  # the synthetic movies have 1-3 plots
@@ -123,27 +123,27 @@ def test_mmimdb_one_sample_per_plot_row_major(data, tmp_path):
     dm.setup()
     assert next(iter(dm.test_dataloader()))["label"].shape == (min(4, len(dm.datasets["test"])), 23)
 
-    one = build_dataset(make_config(data, tmp_path, "mmimdb", mmimdb_one_plot=True), "train")
+    one = build_dataset(settings_of(data, tmp_path, "mmimdb", mmimdb_one_plot=True), "train")
     assert len(one) == len(one.texts) and [one[j]["text"] for j in range(3) if one.missing[j] != 1] == [
         one.texts[j][0] for j in range(3) if one.missing[j] != 1
     ]  # fmt: skip
 
 
 def test_hatememes_loads(data, tmp_path):
-    dm = build_datamodule(make_config(data, tmp_path, "hateful_memes"))
+    dm = build_datamodule(settings_of(data, tmp_path, "hateful_memes"))
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["label"].dtype == torch.long and set(batch["label"].tolist()) <= {0, 1}
 
 
 def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
-    cfg = make_config(data, tmp_path, missing_type={"train": "image", "val": "text", "test": "both"},
+    cfg = settings_of(data, tmp_path, missing_type={"train": "image", "val": "text", "test": "both"},
                       missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})  # fmt: skip
-    random.seed(cfg["seed"])  # what pl.seed_everything does to `random`
+    random.seed(cfg.data.seed)  # what pl.seed_everything does to `random`
     dm = build_datamodule(cfg)
     dm.setup("fit")
     n = {s: dm.datasets[s].labels.shape[0] for s in ("train", "val", "test")}
-    random.seed(cfg["seed"])
+    random.seed(cfg.data.seed)
     train = random.sample(range(n["train"]), int(n["train"] * 0.7))
     val = random.sample(range(n["val"]), int(n["val"] * 0.5))
     test = random.sample(range(n["test"]), int(n["test"] * 0.6))
@@ -164,37 +164,41 @@ def test_prepare_data_draws_the_tables_that_every_rank_then_loads(data, tmp_path
     settings = dict(missing_type={"train": "image", "val": "text", "test": "both"},
                     missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})
     random.seed(42)
-    single = build_datamodule(make_config(data, tmp_path / "single", **settings))
+    single = build_datamodule(settings_of(data, tmp_path / "single", **settings))
     single.setup("fit")  # one process: draws train, val, test in turn
     random.seed(42)
-    build_datamodule(make_config(data, tmp_path / "ddp", **settings)).prepare_data()  # rank 0
+    build_datamodule(settings_of(data, tmp_path / "ddp", **settings)).prepare_data()  # rank 0
     random.seed(7)  # another rank's `random` is elsewhere in its stream: it must draw nothing
-    other_rank = build_datamodule(make_config(data, tmp_path / "ddp", **settings))
+    other_rank = build_datamodule(settings_of(data, tmp_path / "ddp", **settings))
     other_rank.setup("fit")
     for split in ("train", "val", "test"):
         assert other_rank.datasets[split].missing == single.datasets[split].missing, split
 
 
 def test_test_overrides_touch_val_and_test_only(data, tmp_path):
-    cfg = make_config(data, tmp_path, test_ratio=0.5, test_type="text")
-    dm = build_datamodule(cfg)
-    assert cfg["missing_ratio"] == {"train": 0.7, "val": 0.5, "test": 0.5}  # recorded in the config
-    assert cfg["missing_type"] == {"train": "image", "val": "text", "test": "text"}
+    raw = config_of(data, tmp_path, test_ratio=0.5, test_type="text")
+    before = copy.deepcopy(raw)
+    settings = Settings.from_config(raw)
+    assert raw == before  # the caller's dict is left alone
+    ratios, types = {"train": 0.7, "val": 0.5, "test": 0.5}, {"train": "image", "val": "text", "test": "text"}
+    assert settings.data.missing_ratio == ratios and settings.data.missing_type == types
+    assert settings.config["missing_ratio"] == ratios and settings.config["missing_type"] == types  # recorded
+    dm = build_datamodule(settings)
     dm.setup()
     assert set(dm.datasets["test"].missing) == {0, 1} and set(dm.datasets["train"].missing) == {0, 2}
 
 
 def test_build_test_loader_leaves_config_alone(data, tmp_path):
-    cfg = make_config(data, tmp_path)
-    before = copy.deepcopy(cfg)
+    cfg = settings_of(data, tmp_path)
+    before = copy.deepcopy(cfg.config)
     loader = build_test_loader(cfg, 1.0, "text")
-    assert cfg == before
+    assert cfg.config == before and cfg.data.missing_ratio["test"] == 0.7 and cfg.data.missing_type["test"] == "image"
     assert set(loader.dataset.missing) == {1} and isinstance(loader.sampler, SequentialSampler)
     assert len(loader.dataset) == 3  # the synthetic test split of 20 samples
 
 
 def test_loaders_shuffle_train_only(data, tmp_path):
-    dm = build_datamodule(make_config(data, tmp_path))
+    dm = build_datamodule(settings_of(data, tmp_path))
     dm.setup()
     assert isinstance(dm.train_dataloader().sampler, RandomSampler)
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
@@ -203,7 +207,7 @@ def test_loaders_shuffle_train_only(data, tmp_path):
 
 def test_simulate_missing_applies_to_complete_training_rows_only(data, tmp_path):
     zero = {"train": 0, "val": 0, "test": 0}
-    cfg = make_config(data, tmp_path, simulate_missing=True, missing_ratio=zero)
+    cfg = settings_of(data, tmp_path, simulate_missing=True, missing_ratio=zero)
     random.seed(0)
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
     assert {train[j % len(train)]["missing_type"] for j in range(60)} == {0, 1, 2}
@@ -211,13 +215,13 @@ def test_simulate_missing_applies_to_complete_training_rows_only(data, tmp_path)
 
 
 def test_missing_arrow_file_names_the_make_arrow_command(tmp_path, data):
-    cfg = make_config(data, tmp_path, data_root=str(tmp_path / "nowhere"))
+    cfg = settings_of(data, tmp_path, data_root=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=r"food101_train\.arrow.*make_arrow\.py --dataset food101"):
         build_dataset(cfg, "train")
 
 
 def test_mismatched_table_is_a_clear_error(data, tmp_path):
-    cfg = make_config(data, tmp_path)
+    cfg = settings_of(data, tmp_path)
     (tmp_path / "tables").mkdir()
     torch.save(torch.zeros(3), tmp_path / "tables" / "food101_train_missing_image_07.pt")
     with pytest.raises(ValueError, match="food101_train_missing_image_07.pt has 3 rows"):
@@ -225,8 +229,8 @@ def test_mismatched_table_is_a_clear_error(data, tmp_path):
 
 
 def test_batch_size_must_be_set(data, tmp_path):
-    with pytest.raises(ValueError, match="per_gpu_batchsize"):
-        build_datamodule(make_config(data, tmp_path, per_gpu_batchsize=0))
+    with pytest.raises(ConfigError, match="per_gpu_batchsize"):
+        build_datamodule(settings_of(data, tmp_path, per_gpu_batchsize=0))
 
 
 def test_several_datasets_are_concatenated(data, tmp_path):
@@ -235,10 +239,13 @@ def test_several_datasets_are_concatenated(data, tmp_path):
     for name in ("food101", "hateful_memes"):
         for f in data[name].iterdir():
             (folder / f.name).symlink_to(f)
-    cfg = make_config(data, tmp_path, datasets=["Food101", "Hatefull_Memes"], data_root=str(folder))
+    both = dict(datasets=["Food101", "Hatefull_Memes"], data_root=str(folder))
+    with pytest.raises(ConfigError, match="datasets"):  # two datasets need both tasks in loss_names
+        settings_of(data, tmp_path, **both)
+    cfg = settings_of(data, tmp_path, **both, loss_names={"hatememes": 1})
     dm = build_datamodule(cfg)
     dm.setup()
-    food, memes = (build_dataset(make_config(data, tmp_path, n), "test") for n in ("food101", "hateful_memes"))
+    food, memes = (build_dataset(settings_of(data, tmp_path, n), "test") for n in ("food101", "hateful_memes"))
     assert len(dm.datasets["test"]) == len(food) + len(memes)
     assert dm.datasets["test"][len(food)]["text"] == memes[0]["text"]
 
@@ -247,7 +254,7 @@ def test_worker_batches_equal_in_process_batches(data, tmp_path):
     # In a worker the image canvas is allocated in shared memory; the batch must not change.
     batches = []
     for workers in (0, 1):
-        dm = build_datamodule(make_config(data, tmp_path, num_workers=workers))
+        dm = build_datamodule(settings_of(data, tmp_path, num_workers=workers))
         dm.setup()
         batches.append(next(iter(dm.val_dataloader())))
     a, b = batches

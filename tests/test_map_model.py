@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdpl.modules import MemPromptTransformer
-from reference_mdpl import gelu, image_tokens, layer_norm, linear, make_batch, small_config, text_tokens
+from mdpl.modules import PromptedViLT, TaskModule, create_model
+from mdpl.reference import gelu, image_tokens, layer_norm, linear, make_batch, small_config, text_tokens
+from mdpl.settings import ConfigError, Settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = ("complete_prompt", "missing_text_prompt", "missing_img_prompt")
 
@@ -22,6 +25,15 @@ def map_config(**overrides) -> dict:
                      prompt_layers=[0, 2])
     c.update(overrides)
     return c
+
+
+def build(config: dict) -> PromptedViLT:
+    return PromptedViLT(Settings.from_config(config).model)
+
+
+def load(config: dict) -> PromptedViLT:
+    """With the weights `config` asks for (load_path with test_only: a fine-tuned checkpoint)."""
+    return create_model(Settings.from_config(config))
 
 
 def mixed_batch(config: dict, seed: int = 0) -> dict:
@@ -110,7 +122,7 @@ def reference_forward(p: dict, c: dict, batch: dict, task: str = "food101"):
 
 def _compare(config: dict, batch: dict, tol: float = 1e-6) -> None:
     torch.manual_seed(0)
-    model = MemPromptTransformer(config).double().eval()  # eval: no dropout
+    model = TaskModule(config).double().eval()  # eval: no dropout
     with torch.no_grad():  # random prompts: the official init (zeros, one row of ones) hides mistakes
         for name in PROMPTS:
             if hasattr(model, name):
@@ -156,7 +168,7 @@ def test_frozen_prompts_match_reference(prompt_type):
 
 def test_none_matches_reference_and_trains_only_pooler_and_head():
     c = map_config(prompt_method="none")
-    model = MemPromptTransformer(c)
+    model = build(c)
     trainable = {n.split(".")[0] for n, q in model.named_parameters() if q.requires_grad}
     assert trainable == {"pooler", "food101_classifier"}
     _compare(c, mixed_batch(c))
@@ -166,7 +178,7 @@ def test_none_matches_reference_and_trains_only_pooler_and_head():
 
 
 def test_prompt_parameters_follow_official_names_shapes_and_init():
-    model = MemPromptTransformer(map_config(prompt_length=6, prompt_layers=[0, 1, 2]))
+    model = build(map_config(prompt_length=6, prompt_layers=[0, 1, 2]))
     trainable = {n.split(".")[0] for n, q in model.named_parameters() if q.requires_grad}
     assert trainable == {"pooler", "food101_classifier", *PROMPTS}
     for name, row in zip(PROMPTS, (0, 2, 1)):
@@ -176,13 +188,13 @@ def test_prompt_parameters_follow_official_names_shapes_and_init():
         expected[:, row] = 1
         assert torch.equal(t.detach(), expected), name
     # prefix tuning also marks a row of the value half; a single prompt without multi_layer_prompt
-    model = MemPromptTransformer(map_config(prompt_type="attention", prompt_length=6, multi_layer_prompt=False))
+    model = build(map_config(prompt_type="attention", prompt_length=6, multi_layer_prompt=False))
     for name, row in zip(PROMPTS, (0, 2, 1)):
         t = getattr(model, name).detach()
         assert t.shape == (1, 6, 32)
         assert t.sum(dim=(0, 2)).nonzero().flatten().tolist() == [row, 3 + row]
     # learnt_p=False freezes them; the rest of the model trains as usual
-    model = MemPromptTransformer(map_config(learnt_p=False))
+    model = build(map_config(learnt_p=False))
     assert not any(getattr(model, n).requires_grad for n in PROMPTS)
     assert model.pooler.dense.weight.requires_grad
 
@@ -190,20 +202,20 @@ def test_prompt_parameters_follow_official_names_shapes_and_init():
 def test_input_prompts_lead_the_sequence_and_cls_is_the_text_cls():
     """"input" with L=4 at 2 layers: text_feats start after the 8 prompt tokens, and cls pools the text [CLS]."""
     c = map_config()
-    model = MemPromptTransformer(c).eval()
+    model = build(c).eval()
     batch = mixed_batch(c)
-    out = model.infer(batch)
+    out = model(batch)
     assert out["text_feats"].shape[1] == c["max_text_len"]
     assert torch.allclose(out["cls_feats"], model.pooler(out["text_feats"][:, 0]))
-    model = MemPromptTransformer(map_config(prompt_type="attention")).eval()
-    out = model.infer(batch)  # nothing inserted: token 0 is the text [CLS]
+    model = build(map_config(prompt_type="attention")).eval()
+    out = model(batch)  # nothing inserted: token 0 is the text [CLS]
     assert torch.allclose(out["cls_feats"], model.pooler(out["text_feats"][:, 0]))
 
 
 def test_prompts_are_picked_by_missing_type():
     """Changing one type's prompt changes exactly the samples of that type."""
     c = map_config()
-    model = MemPromptTransformer(c).eval()
+    model = build(c).eval()
     batch = mixed_batch(c)
     before = model(batch)["food101_logits"]
     with torch.no_grad():
@@ -220,15 +232,15 @@ def test_prompts_are_picked_by_missing_type():
     ({"prompt_length": 0}, "prompt_length"),
 ])
 def test_bad_map_config_is_a_clear_error(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        MemPromptTransformer(map_config(**overrides))
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_config(map_config(**overrides))
 
 
 def test_unknown_missing_type_is_a_clear_error():
     c = map_config()
     batch = dict(mixed_batch(c), missing_type=torch.tensor([0, 1, 3, 0, 1, 2]))
     with pytest.raises(ValueError, match="missing_type"):
-        MemPromptTransformer(c).infer(batch)
+        build(c)(batch)
 
 
 # ---- checkpoints
@@ -242,24 +254,24 @@ def _save(model, path) -> str:
 def test_map_checkpoint_round_trip_and_foreign_checkpoints_are_errors(tmp_path):
     c = map_config()
     torch.manual_seed(1)
-    trained = MemPromptTransformer(c).eval()
+    trained = build(c).eval()
     with torch.no_grad():
         trained.missing_img_prompt.normal_()
     path = _save(trained, tmp_path / "map.ckpt")
-    loaded = MemPromptTransformer(dict(c, load_path=path, test_only=True)).eval()
+    loaded = load(dict(c, load_path=path, test_only=True)).eval()
     batch = mixed_batch(c)
     assert torch.equal(loaded(batch)["food101_logits"], trained(batch)["food101_logits"])
 
     with pytest.raises(ValueError, match="MAP"):  # a MAP checkpoint into MDPL
-        MemPromptTransformer(dict(c, prompt_method="mdpl", load_path=path, test_only=True))
+        load(dict(c, prompt_method="mdpl", load_path=path, test_only=True))
     with pytest.raises(ValueError, match="MAP"):  # ... or into plain ViLT
-        MemPromptTransformer(dict(c, prompt_method="none", load_path=path, test_only=True))
-    mdpl = _save(MemPromptTransformer(dict(c, prompt_method="mdpl")), tmp_path / "mdpl.ckpt")
+        load(dict(c, prompt_method="none", load_path=path, test_only=True))
+    mdpl = _save(build(dict(c, prompt_method="mdpl")), tmp_path / "mdpl.ckpt")
     with pytest.raises(ValueError, match="MDPL"):  # an MDPL checkpoint into MAP
-        MemPromptTransformer(dict(c, load_path=mdpl, test_only=True))
-    other_shape = _save(MemPromptTransformer(dict(c, prompt_length=6)), tmp_path / "map6.ckpt")
+        load(dict(c, load_path=mdpl, test_only=True))
+    other_shape = _save(build(dict(c, prompt_length=6)), tmp_path / "map6.ckpt")
     with pytest.raises(ValueError, match="complete_prompt"):  # MAP with another prompt_length
-        MemPromptTransformer(dict(c, load_path=other_shape, test_only=True))
+        load(dict(c, load_path=other_shape, test_only=True))
 
 
 # ---- named configs
@@ -267,12 +279,9 @@ def test_map_checkpoint_round_trip_and_foreign_checkpoints_are_errors(tmp_path):
 
 @pytest.mark.parametrize("task", ["mmimdb", "food101", "hatememes"])
 def test_map_named_configs_are_the_task_configs_with_maps_published_settings(task):
-    from mdpl.config import ex
+    from mdpl.config import make_config
 
-    def resolve(named):
-        return ex._create_run(command_name="print_config", named_configs=[named], config_updates={}).config
-
-    mdpl, map_ = resolve(f"task_finetune_{task}"), resolve(f"task_finetune_{task}_map")
+    mdpl, map_ = make_config(f"task_finetune_{task}"), make_config(f"task_finetune_{task}_map")
     changed = {k for k in mdpl if mdpl[k] != map_[k]}
     assert changed == {"exp_name", "learning_rate", "seed", "missing_type", "prompt_method"}
     assert map_["learning_rate"] == 1e-2 and map_["seed"] == 0 and map_["prompt_method"] == "map"

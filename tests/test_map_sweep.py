@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdpl.config import ex
 from mdpl.sweep import sweep
 from mdpl.train import main
-from train_helpers import TINY, make_arrows
 
 METHODS = {  # method -> (named config, extra updates)
     "map": ("task_finetune_food101_map", {}),
@@ -20,16 +18,16 @@ METHODS = {  # method -> (named config, extra updates)
 }
 
 
-def config(named: str, data: Path, out: Path, **updates) -> dict:
-    paths = dict(data_root=str(data), log_dir=str(out / "result"), records_root=str(out / "records"),
-                 missing_table_root=str(out / "tables") + "/")
-    run = ex.run("print_config", named_configs=[named], config_updates={**TINY, **paths, "max_epoch": 1, **updates},
-                 options={"--loglevel": "ERROR"})
-    return run.config
+@pytest.fixture(scope="module")
+def config(tiny_config):
+    def make(named: str, data: Path, out: Path, **updates) -> dict:
+        return tiny_config("food101", data, out, named=named, **{"max_epoch": 1, **updates})
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def checkpoints(tmp_path_factory, make_arrows, config) -> tuple[Path, dict[str, str]]:
     """One short fine-tune per method; returns (data_root, method -> last.ckpt)."""
     root = tmp_path_factory.mktemp("compare")
     data = make_arrows(root, "food101")
@@ -55,7 +53,7 @@ def test_map_training_updates_the_official_prompt_tensors(checkpoints):
     assert not any(k.startswith(("gen_", "shared_", "bottleneck_")) for k in sd)
 
 
-def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, tmp_path):
+def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, config, tmp_path):
     data, ckpts = checkpoints
     cfg = config("task_finetune_food101", data, tmp_path, sweep_paths=[ckpts["map"], ckpts["mdpl"], ckpts["none"]],
                  sweep_types=["text", "image"], sweep_ratios=[0.0, 0.5])
@@ -71,7 +69,8 @@ def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, tmp_path):
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_official_checkpoints_without_a_saved_config_are_told_apart_by_their_keys(checkpoints, tmp_path):
+def test_official_checkpoints_without_a_saved_config_are_told_apart_by_their_keys(checkpoints, config,
+                                                                                  tmp_path):
     data, ckpts = checkpoints
     official = {}
     for method in ("map", "mdpl"):  # official checkpoints record no prompt_method

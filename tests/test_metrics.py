@@ -5,7 +5,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
+from mdpl.config import make_config
 from mdpl.gadgets.metrics import AUROC, Accuracy, MultilabelF1, TaskMetrics
+from mdpl.settings import ConfigError, ModelConfig, Settings
 
 
 def test_accuracy_ignores_minus_100_and_accumulates():
@@ -57,12 +59,8 @@ def test_f1_matches_sklearn_on_random_multilabel():
     assert out["f1_weighted"] == pytest.approx(f1_score(y, p, average="weighted", zero_division=0))
 
 
-def _config(**losses):
-    return {"loss_names": losses, "mmimdb_class_num": 4, "hatememes_class_num": 2, "food101_class_num": 3}
-
-
 def test_task_metrics_names_and_the_metric():
-    tm = TaskMetrics(_config(hatememes=1))
+    tm = TaskMetrics({"hatememes": 2})
     logits, labels = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 1.0]]), torch.tensor([1, 1, 0])
     tm.update("val", {"hatememes_loss": torch.tensor(0.5), "hatememes_logits": logits, "hatememes_labels": labels})
     out = tm.compute("val")
@@ -75,7 +73,7 @@ def test_task_metrics_names_and_the_metric():
 
 
 def test_task_metrics_mmimdb_uses_configured_class_count_and_f1_macro():
-    tm = TaskMetrics(_config(mmimdb=1))
+    tm = TaskMetrics({"mmimdb": 4})
     logits = torch.tensor([[1.0, -1.0, -1.0, -1.0]])
     tm.update("test", {"mmimdb_loss": torch.tensor(0.1), "mmimdb_logits": logits, "mmimdb_labels": torch.tensor([[1.0, 1.0, 0.0, 0.0]])})
     out = tm.compute("test")
@@ -83,6 +81,16 @@ def test_task_metrics_mmimdb_uses_configured_class_count_and_f1_macro():
     assert out["mmimdb/test/f1_micro"].item() == pytest.approx(2 / 3)
 
 
-def test_task_metrics_rejects_config_without_task():
-    with pytest.raises(ValueError, match="loss_names"):
-        TaskMetrics(_config(itm=1, mlm=1))
+def test_task_metrics_class_counts_come_from_the_model_config():
+    cfg = ModelConfig.from_config(make_config("task_finetune_mmimdb", mmimdb_class_num=4))
+    tm = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})
+    assert tm.tasks == ["mmimdb"] and tm.phases["val_metrics"]["mmimdb"]["f1"].tp.shape == (4,)
+
+
+def test_config_without_task_is_rejected():
+    """The default loss_names (itm, mlm: pre-training objectives) name no fine-tuning task."""
+    config = make_config(per_gpu_batchsize=4)
+    with pytest.raises(ConfigError, match="loss_names"):
+        ModelConfig.from_config(config)
+    with pytest.raises(ConfigError, match="loss_names"):
+        Settings.from_config(config)

@@ -1,14 +1,25 @@
 """benchmarks/throughput.py: the analytic FLOP count and a tiny-shape run of every mode."""
 
 import argparse
-import os
-import sys
+import importlib.util
+from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-import throughput  # noqa: E402
-from reference_mdpl import one_thread  # noqa: E402, F401 (fixture)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load_script(name: str):
+    """A benchmarks/ script as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+throughput = _load_script("throughput")
 
 
 def test_flop_count_by_hand():
@@ -34,3 +45,15 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
         r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
         assert r["train"] > 0 and r["eval"] > 0
     assert r["flops"][1] > r["flops"][0] > 0  # train > forward
+
+
+def test_dataloader_benchmark_builds_its_config_with_make_config(tmp_path, make_arrows):
+    """benchmarks/dataloader.py's loader on a tiny synthetic set (the script itself uses 512x384 images)."""
+    from mdpl.config import make_config
+
+    dataloader = _load_script("dataloader")
+    data = make_arrows(tmp_path, "food101", samples=20)
+    cfg = make_config(datasets=["Food101"], loss_names={"itm": 0, "mlm": 0, "food101": 1}, data_root=str(data),
+                      missing_table_root=str(tmp_path / "t"), per_gpu_batchsize=2, batch_size=2, max_text_len=16,
+                      image_size=64, num_workers=0)
+    assert dataloader.samples_per_second(cfg) > 0

@@ -1,16 +1,18 @@
-"""The fast model against the slow, independent reference (tests/reference_mdpl.py): logits and the
+"""The fast model against the slow, independent reference (mdpl/reference.py): logits and the
 gradients of every trainable parameter, on a batch mixing the three missing types."""
 
 import pytest
 import torch
 
-from mdpl.modules import MemPromptTransformer
-from reference_mdpl import base_config, make_batch, one_thread, reference_forward, small_config  # noqa: F401
+from mdpl.modules import TaskModule
+from mdpl.reference import base_config, make_batch, reference_forward, small_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(config: dict, batch: dict, dtype: torch.dtype, tol: float, task: str = "food101") -> None:
     torch.manual_seed(0)
-    model = MemPromptTransformer(config).to(dtype).eval()  # eval: no dropout
+    model = TaskModule(config).to(dtype).eval()  # eval: no dropout
     batch = dict(batch, image=[batch["image"][0].to(dtype)])
     out = model(batch)
     out[f"{task}_loss"].backward()
@@ -51,9 +53,9 @@ def test_mmimdb_masked_query_matches_reference():
     _compare(c, make_batch(c, batch_size=3, task="mmimdb"), torch.float64, 1e-6, task="mmimdb")
 
 
+@pytest.mark.slow
 def test_full_vit_b32_matches_reference():
     """The real ViT-B/32-384 geometry and all default prompt layers, batch 2, short text, small images."""
-    c = base_config(drop_rate=0.0, patch_order="fixed", max_text_len=6)
-    c["loss_names"] = {**c["loss_names"], "itm": 0, "mlm": 0, "food101": 1}
+    c = base_config("food101", drop_rate=0.0, patch_order="fixed", max_text_len=6)
     batch = make_batch(c, batch_size=3, image_hw=(64, 96))
     _compare(c, batch, torch.float32, 1e-4)

@@ -1,4 +1,4 @@
-"""MemPromptTransformer: official parameter layout and counts, freezing, prompt memory, shared prompts,
+"""PromptedViLT with MDPL prompts (and TaskModule's losses): official parameter layout and counts, freezing, prompt memory, shared prompts,
 validation errors, and the masked_query / trim_text / fp32_similarity options."""
 
 import math
@@ -6,16 +6,22 @@ import math
 import pytest
 import torch
 
-from mdpl.modules import MemPromptTransformer
+from mdpl.modules import PromptedViLT, TaskModule
 from mdpl.modules.prompts import Bottleneck, PromptMemory, shared_prompts
-from reference_mdpl import base_config, make_batch, one_thread, small_config  # noqa: F401 (fixture)
+from mdpl.reference import base_config, make_batch, small_config
+from mdpl.settings import ConfigError, Settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def build(config: dict) -> PromptedViLT:
+    return PromptedViLT(Settings.from_config(config).model)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("task,expected", [("food101", 5_478_821), ("mmimdb", 5_358_935), ("hatememes", 5_326_658)])
 def test_trainable_parameters_at_the_official_size(task, expected):
-    c = base_config()
-    c["loss_names"] = {**c["loss_names"], "itm": 0, "mlm": 0, task: 1}
-    model = MemPromptTransformer(c)
+    model = build(base_config(task))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     assert not any(n.startswith(("transformer.", "text_embeddings.", "token_type_embeddings.")) for n in names)
@@ -30,9 +36,9 @@ def test_trainable_parameters_at_the_official_size(task, expected):
 def test_seeded_construction_is_deterministic():
     c = small_config()
     torch.manual_seed(7)
-    a = MemPromptTransformer(c).state_dict()
+    a = build(c).state_dict()
     torch.manual_seed(7)
-    b = MemPromptTransformer(c).state_dict()
+    b = build(c).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -75,27 +81,27 @@ def test_shared_prompts_are_chosen_by_missing_type():
     c = small_config()
     batch = dict(make_batch(c), missing_type=torch.tensor([0, 3, -1]))
     with pytest.raises(ValueError, match=r"missing_type codes must be 0, 1 or 2, got \[3, -1\]"):
-        MemPromptTransformer(c)(batch)
+        build(c)(batch)
 
 
 @pytest.mark.parametrize("layers,match", [([0, 4], r"in \[0, 4\)"), ([1, 1], "unique"), ("0-5", "list")])
 def test_bad_prompt_layers_are_an_error(layers, match):
-    with pytest.raises(ValueError, match=match):
-        MemPromptTransformer(small_config(gen_prompt_layers=layers))
+    with pytest.raises(ConfigError, match=match):
+        Settings.from_config(small_config(gen_prompt_layers=layers))
 
 
 def test_bad_options_are_errors():
-    with pytest.raises(ValueError, match="trim_text=True needs masked_query=True"):
-        MemPromptTransformer(small_config(trim_text=True))
-    with pytest.raises(ValueError, match="prompt_method"):
-        MemPromptTransformer(small_config(prompt_method="coop"))
-    with pytest.raises(ValueError, match="patch_order"):
-        MemPromptTransformer(small_config(patch_order="sorted"))
+    with pytest.raises(ConfigError, match="trim_text=True.*masked_query=True"):
+        Settings.from_config(small_config(trim_text=True))
+    with pytest.raises(ConfigError, match="prompt_method"):
+        Settings.from_config(small_config(prompt_method="coop"))
+    with pytest.raises(ConfigError, match="patch_order"):
+        Settings.from_config(small_config(patch_order="sorted"))
 
 
 def _logits(config, batch, **options):
     torch.manual_seed(0)
-    model = MemPromptTransformer({**config, **options}).double().eval()
+    model = TaskModule({**config, **options}).double().eval()
     return model(dict(batch, image=[batch["image"][0].double()]))
 
 
@@ -129,7 +135,7 @@ def test_forward_outputs_per_task_and_prompt_layout():
 def test_frozen_backbone_dropout_is_active_in_train_mode():
     c = small_config(drop_rate=0.1)
     torch.manual_seed(0)
-    model = MemPromptTransformer(c).train()
+    model = build(c).train()
     batch = make_batch(c)
     assert not torch.allclose(model(batch)["food101_logits"], model(batch)["food101_logits"])
     model.eval()
@@ -150,7 +156,7 @@ def test_autocast_keeps_the_residual_stream_in_fp32(fp32_similarity):
     """As official AMP: fp16/bf16 matmuls, fp32 residual stream and image tokens, low-precision logits."""
     c = small_config(fp32_similarity=fp32_similarity)
     torch.manual_seed(0)
-    model = MemPromptTransformer(c).eval()
+    model = build(c).eval()
     batch = make_batch(c)
     with torch.no_grad():
         exact = model(batch)

@@ -1,15 +1,19 @@
 """The ViLT backbone pieces: SDPA attention with a key-padding mask and prefix keys/values, and the batched
 visual_embed (position-embedding resizing, patch order, pads)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mdpl.modules import MemPromptTransformer, vilt
+from mdpl.modules import PromptedViLT, vilt
 from mdpl.modules.vilt import Attention, VisionTransformer
-from reference_mdpl import make_batch, one_thread, small_config  # noqa: F401 (fixture)
+from mdpl.reference import make_batch, small_config
+from mdpl.settings import Settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _explicit_attention(attn: Attention, x, mask, prefix=None):
@@ -136,9 +140,9 @@ def test_random_and_fixed_patch_order_give_the_same_outputs():
     """Attention is permutation-equivariant and every pad is a zero patch, so the order does not matter."""
     c = small_config()
     torch.manual_seed(0)
-    model = MemPromptTransformer(c).double().eval()
+    model = PromptedViLT(Settings.from_config(c).model).double().eval()
     batch = make_batch(c, batch_size=4)
     batch["image"] = [batch["image"][0].double()]
     fixed = model(batch)["food101_logits"]
-    model.hparams.config["patch_order"] = "random"
+    model.cfg = dataclasses.replace(model.cfg, patch_order="random")
     assert torch.allclose(model(batch)["food101_logits"], fixed, atol=1e-10)

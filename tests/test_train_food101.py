@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdpl.sweep import sweep
+from mdpl.settings import ConfigError
+from mdpl.sweep import series_names, sweep
 from mdpl.train import main
-from train_helpers import last_value, make_arrows, read_metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(tmp_path_factory, make_arrows) -> Path:
     return make_arrows(tmp_path_factory.mktemp("food101"), "food101")
 
 
 @pytest.fixture(scope="module")
-def trained(data, tmp_path_factory) -> Path:
+def trained(data, tmp_path_factory, tiny_config) -> Path:
     """One short fine-tune shared by the tests below; returns its run folder."""
     out = tmp_path_factory.mktemp("run")
     main(tiny_config("food101", data, out))
@@ -27,7 +27,7 @@ def trained(data, tmp_path_factory) -> Path:
     return run / "version_0"
 
 
-def test_fine_tune_logs_and_checkpoints(trained):
+def test_fine_tune_logs_and_checkpoints(trained, read_metrics, last_value):
     assert trained.parent.name == "finetune_food101_both111_seed42_from_"  # official naming, load_path ""
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and len(ckpts) == 2  # the best by val/the_metric and the last
@@ -43,7 +43,7 @@ def test_fine_tune_logs_and_checkpoints(trained):
     assert not any(k.startswith("task_metrics") for k in ckpt["state_dict"])
 
 
-def test_test_only_logs_test_metrics_and_appends_records(trained, data, tmp_path):
+def test_test_only_logs_test_metrics_and_appends_records(trained, data, tmp_path, tiny_config, read_metrics):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
     cfg = tiny_config("food101", data, tmp_path, test_only=True, load_path=ckpt, test_ratio=0.5,
                       test_type="both", test_exp_name="tiny")
@@ -53,50 +53,74 @@ def test_test_only_logs_test_metrics_and_appends_records(trained, data, tmp_path
     assert record.read_text() == f"missing ratio: 0.5, Accuracy: {metrics['food101/test/accuracy'] * 100:.2f}\n"
     main(cfg)  # a second evaluation appends a second line
     assert len(record.read_text().splitlines()) == 2
-    [run] = (tmp_path / "result").iterdir()
-    assert run.name == "finetune_food101_both111_seed42_from_last"
+    [run] = (tmp_path / "result").iterdir()  # the load_path stem, then the test setting
+    assert run.name == "finetune_food101_both111_seed42_from_last_test_tiny_missing_both_0.5"
+    assert sorted(p.name for p in run.iterdir()) == ["version_0", "version_1"]  # one version per evaluation
     assert "val/the_metric" not in read_metrics(run / "version_0")[0]  # test metrics are logged as test/*
 
 
-def test_resume_continues_step_count(trained, data, tmp_path):
+def test_resume_continues_step_count(trained, data, tmp_path, tiny_config):
     cfg = tiny_config("food101", data, tmp_path, resume_from=str(trained / "checkpoints" / "last.ckpt"), max_epoch=3)
     main(cfg)
     [run] = (tmp_path / "result").iterdir()
+    assert run.name == "finetune_food101_both111_seed42_from_"  # resume_from does not name the run
     ckpt = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 12 and ckpt["epoch"] == 2  # one more epoch of 4 optimizer steps
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 12  # the scheduler resumed too
 
 
-def test_sweep_writes_csv_markdown_and_plot(trained, data, tmp_path):
-    ckpt = str(trained / "checkpoints" / "last.ckpt")
-    cfg = tiny_config("food101", data, tmp_path, sweep_paths=[ckpt, ckpt], sweep_types=["text", "image"],
+@pytest.fixture(scope="module")
+def second_run(data, tmp_path_factory, tiny_config) -> Path:
+    """Another short fine-tune (another seed) in another run folder: its checkpoint is also called last.ckpt."""
+    out = tmp_path_factory.mktemp("run2")
+    main(tiny_config("food101", data, out, seed=7, max_epoch=1))
+    [run] = (out / "result").iterdir()
+    return run / "version_0"
+
+
+def test_sweep_writes_csv_markdown_and_plot(trained, second_run, data, tmp_path, tiny_config):
+    ckpt, other = str(trained / "checkpoints" / "last.ckpt"), str(second_run / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match="same checkpoint more than once"):
+        sweep(tiny_config("food101", data, tmp_path / "dup", sweep_paths=[ckpt, ckpt], sweep_ratios=[0.0]))
+    cfg = tiny_config("food101", data, tmp_path, sweep_paths=[ckpt, other], sweep_types=["text", "image"],
                       sweep_ratios=[0.0, 1.0], hidden_size=768)  # hidden_size comes from the checkpoint
     out = sweep(cfg)
     assert out == tmp_path / "result" / "finetune_food101_both111_seed42_sweep" / "version_0"
     rows = (out / "sweep.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2 and rows[0].startswith("checkpoint,prompt_method,label,missing_type")
     table = (out / "sweep.md").read_text()
-    assert "| missing ratio | mdpl:last/text | mdpl:last/image |" in table.splitlines()[2]
-    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    # ratio 0 of every type is the same complete test set: same value
     lines = table.splitlines()
+    labels = [c.strip() for c in lines[2].split("|")[2:-1]]
+    # two checkpoints of the same method, both last.ckpt: the labels tell their run folders apart
+    a, b = (f"mdpl:{p.parent.name}/version_0/checkpoints/last" for p in (trained, second_run))
+    assert labels == [f"{a}/text", f"{a}/image", f"{b}/text", f"{b}/image"]
+    assert len(set(labels)) == 4
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    # ratio 0 of every type is the same complete test set: same value per checkpoint
     ratio0 = [c.strip() for c in lines[4].split("|")[2:-1]]
-    assert len(set(ratio0)) == 1
+    assert ratio0[0] == ratio0[1] and ratio0[2] == ratio0[3]
+    # distinct lines: the csv holds every (checkpoint, type, ratio) once
+    assert len({tuple(r.split(",")[:5]) for r in rows[1:]}) == 8
 
 
-def test_sweep_labels_lines_by_method_and_adds_the_stem_only_when_methods_repeat():
-    from mdpl.sweep import _series_names
+def test_series_names_are_the_method_plus_a_distinguishing_path_suffix_when_methods_repeat(tmp_path):
+    assert series_names(["a/best.ckpt", "b/best.ckpt"], ["mdpl", "map"]) == ["mdpl", "map"]
+    run_a, run_b = (str(tmp_path / r / "version_0" / "checkpoints" / "last.ckpt") for r in ("runA", "runB"))
+    names = series_names([run_a, run_b], ["mdpl", "mdpl"])
+    assert names[0] != names[1]
+    assert names == ["mdpl:runA/version_0/checkpoints/last", "mdpl:runB/version_0/checkpoints/last"]
+    assert series_names(["a/x.ckpt", "a/y.ckpt", "a/z.ckpt"], ["mdpl", "mdpl", "map"]) == ["mdpl:x", "mdpl:y", "map"]
+    with pytest.raises(ValueError, match="same checkpoint more than once"):
+        series_names([run_a, run_a], ["mdpl", "mdpl"])
+    with pytest.raises(ValueError, match="same checkpoint more than once"):  # the same file by another path
+        series_names([run_a, str(tmp_path / "runA" / "version_0" / ".." / "version_0" / "checkpoints" / "last.ckpt")],
+                     ["mdpl", "mdpl"])
 
-    assert _series_names([{"prompt_method": "mdpl", "load_path": "a/best.ckpt"},
-                          {"prompt_method": "map", "load_path": "b/best.ckpt"}]) == ["mdpl", "map"]
-    assert _series_names([{"prompt_method": "mdpl", "load_path": "a/x.ckpt"},
-                          {"prompt_method": "mdpl", "load_path": "a/y.ckpt"}]) == ["mdpl:x", "mdpl:y"]
 
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, tiny_config):
+    from mdpl.modules import TaskModule
 
-def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch):
-    from mdpl.modules import MemPromptTransformer
-
-    forward = MemPromptTransformer.forward
+    forward = TaskModule.forward
 
     def nan_in_second_epoch(self, batch):
         out = forward(self, batch)
@@ -104,7 +128,7 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, 
             out["food101_loss"] = out["food101_loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(MemPromptTransformer, "forward", nan_in_second_epoch)
+    monkeypatch.setattr(TaskModule, "forward", nan_in_second_epoch)
     with pytest.raises(FloatingPointError, match="training loss is nan at epoch 1"):
         main(tiny_config("food101", data, tmp_path))
     [run] = (tmp_path / "result").iterdir()
@@ -116,21 +140,21 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, 
 @pytest.mark.parametrize(
     "updates, error, message",
     [
-        (dict(per_gpu_batchsize=0), ValueError, "per_gpu_batchsize=0"),
-        (dict(batch_size=10), ValueError, "batch_size=10 is not a multiple"),
+        (dict(per_gpu_batchsize=0), ConfigError, "per_gpu_batchsize=0"),
+        (dict(batch_size=10), ConfigError, "batch_size=10 is not a multiple"),
         (dict(data_root="/nonexistent/arrows"), FileNotFoundError, "data_root='/nonexistent/arrows'"),
         (dict(load_path="/nonexistent/x.ckpt"), FileNotFoundError, "load_path='/nonexistent/x.ckpt'"),
-        (dict(test_only=True), ValueError, "test_only=True needs load_path"),
-        (dict(precision="fp8"), ValueError, "precision='fp8'"),
+        (dict(test_only=True), ConfigError, "test_only=True needs load_path"),
+        (dict(precision="fp8"), ConfigError, "precision='fp8'"),
     ],
 )
-def test_bad_config_fails_before_any_work(data, tmp_path, updates, error, message):
+def test_bad_config_fails_before_any_work(data, tmp_path, updates, error, message, tiny_config):
     with pytest.raises(error, match=message.replace("(", r"\(").replace("[", r"\[")):
         main(tiny_config("food101", data, tmp_path, **updates))
     assert not (tmp_path / "result").exists() and not (tmp_path / "tables").exists()
 
 
-def test_missing_arrow_file_names_it_and_the_make_arrow_command(data, tmp_path):
+def test_missing_arrow_file_names_it_and_the_make_arrow_command(data, tmp_path, tiny_config):
     root = tmp_path / "arrows"
     shutil.copytree(data, root)
     (root / "food101_val.arrow").unlink()
@@ -138,23 +162,29 @@ def test_missing_arrow_file_names_it_and_the_make_arrow_command(data, tmp_path):
         main(tiny_config("food101", root, tmp_path))
 
 
-def test_checkpoint_of_another_task_fails_before_training(trained, tmp_path):
+def test_checkpoint_of_another_task_fails_before_training(trained, tmp_path, make_arrows, tiny_config):
     hate = make_arrows(tmp_path / "hate", "hatememes", samples=6)
     cfg = tiny_config("hatememes", hate, tmp_path, test_only=True, load_path=str(trained / "checkpoints" / "last.ckpt"))
-    with pytest.raises(Exception, match="another task"):
+    with pytest.raises(ConfigError, match="another task"):
         main(cfg)
     assert not (tmp_path / "result").exists()
 
 
 def test_precision_16_on_cpu_warns_and_runs_32():
+    from mdpl.config import make_config
+    from mdpl.settings import Settings
     from mdpl.train import precision
 
+    def settings(value):
+        return Settings.from_config(make_config("task_finetune_food101", per_gpu_batchsize=4, num_gpus=0,
+                                                cpu_processes=1, precision=value))
+
     with pytest.warns(UserWarning, match="precision=16 needs a GPU"):
-        assert precision({"precision": 16, "num_gpus": 0, "cpu_processes": 1}) == "32-true"
-    assert precision({"precision": "bf16", "num_gpus": 0, "cpu_processes": 1}) == "bf16-mixed"
+        assert precision(settings(16)) == "32-true"
+    assert precision(settings("bf16")) == "bf16-mixed"
 
 
-def test_bf16_autocast_fine_tune_on_cpu(data, tmp_path):
+def test_bf16_autocast_fine_tune_on_cpu(data, tmp_path, tiny_config, read_metrics, last_value):
     main(tiny_config("food101", data, tmp_path, precision="bf16", max_epoch=1))
     [run] = (tmp_path / "result").iterdir()
     assert 0 <= last_value(read_metrics(run / "version_0"), "val/the_metric") <= 1

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mdpl.train import main
-from train_helpers import last_value, make_arrows, read_metrics, tiny_config
 
 
-def test_fine_tune_then_test_only_writes_auroc_records(tmp_path):
+def test_fine_tune_then_test_only_writes_auroc_records(tmp_path, make_arrows, tiny_config, read_metrics,
+                                                       last_value):
     data = make_arrows(tmp_path / "data", "hatememes", samples=40)
     main(tiny_config("hatememes", data, tmp_path / "fit", max_epoch=1))
     [run] = (tmp_path / "fit" / "result").iterdir()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mdpl.train import main
-from train_helpers import last_value, make_arrows, read_metrics, tiny_config
 
 
-def test_fine_tune_then_test_only_writes_correctly_labelled_f1_records(tmp_path):
+def test_fine_tune_then_test_only_writes_correctly_labelled_f1_records(tmp_path, make_arrows, tiny_config, read_metrics,
+                                                                       last_value):
     data = make_arrows(tmp_path / "data", "mmimdb", samples=20)
     main(tiny_config("mmimdb", data, tmp_path / "fit", max_epoch=1))
     [run] = (tmp_path / "fit" / "result").iterdir()

@@ -1,12 +1,21 @@
 """The official optimiser (transformers' old AdamW), parameter groups and schedule (REFERENCE §9)."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from mdpl.config import make_config
 from mdpl.modules.optim import AdamW, build_optimizer, build_scheduler, lr_factor, param_groups
+from mdpl.settings import ConfigError, OptimConfig, Settings
+
+
+def optim(**updates) -> OptimConfig:
+    """The food101 fine-tuning optimiser settings with `updates` (validated by Settings)."""
+    config = make_config("task_finetune_food101", per_gpu_batchsize=4, **updates)
+    return Settings.from_config(config).optim
 
 
 def test_adamw_matches_hand_computation_with_decay_after_the_adam_step():
@@ -50,7 +59,7 @@ def _names(model, group):
 
 def test_param_groups_follow_official_name_rules():
     model = Tiny()
-    groups = param_groups(model, {"learning_rate": 1e-3, "weight_decay": 0.02, "lr_mult": 10})
+    groups = param_groups(model, optim(learning_rate=1e-3, weight_decay=0.02, lr_mult=10))
     decay, decay_head, no_decay, no_decay_head = groups
     assert _names(model, decay) == ["pooler.weight", "shared_missing_t.0"]
     # the head LayerNorm weight "...classifier.1.weight" does not match the no-decay names: decayed
@@ -66,18 +75,20 @@ def test_param_groups_follow_official_name_rules():
 
 
 def test_build_optimizer_kinds_and_error():
-    cfg = {"learning_rate": 1e-3, "weight_decay": 0.01, "lr_mult": 1, "optim_type": "adamw"}
+    cfg = optim(learning_rate=1e-3, weight_decay=0.01, lr_mult=1, optim_type="adamw")
     opt = build_optimizer(Tiny(), cfg)
     assert isinstance(opt, AdamW) and opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-8
-    assert isinstance(build_optimizer(Tiny(), {**cfg, "optim_type": "sgd"}), torch.optim.SGD)
+    assert isinstance(build_optimizer(Tiny(), dataclasses.replace(cfg, optim_type="sgd")), torch.optim.SGD)
     with pytest.raises(ValueError, match="optim_type='lamb'"):
-        build_optimizer(Tiny(), {**cfg, "optim_type": "lamb"})
+        build_optimizer(Tiny(), dataclasses.replace(cfg, optim_type="lamb"))
+    with pytest.raises(ConfigError, match="optim_type='lamb'"):  # refused by the settings already
+        optim(optim_type="lamb")
 
 
 def test_polynomial_schedule_with_fractional_warmup():
     p = nn.Parameter(torch.zeros(1))
     opt = AdamW([p], lr=1.0)
-    cfg = {"warmup_steps": 0.2, "decay_power": 1, "end_lr": 0, "learning_rate": 1.0}
+    cfg = optim(warmup_steps=0.2, decay_power=1, end_lr=0, learning_rate=1.0)
     sched = build_scheduler(opt, cfg, max_steps=10)  # warmup int(0.2 * 10) = 2
     lrs = []
     for _ in range(13):
