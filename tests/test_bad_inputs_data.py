@@ -231,6 +231,7 @@ def test_bad_image_during_writing_leaves_an_earlier_conversion_untouched(tmp_pat
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_make_arrow_prints_one_line_naming_file_and_line(tmp_path):
     raw = generate("hateful_memes", tmp_path / "raw")
     _label_bool(raw)
@@ -300,6 +301,7 @@ def _new_titles(raw: Path) -> None:
 ARROWS = ["food101_test.arrow", "food101_train.arrow", "food101_val.arrow"]
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_conversion_killed_while_writing_leaves_the_old_files(tmp_path):
     raw = generate("food101", tmp_path / "raw", samples=12)
     convert("food101", tmp_path / "raw", tmp_path / "out")
@@ -324,6 +326,7 @@ def test_conversion_killed_while_writing_leaves_the_old_files(tmp_path):
         assert all(t.endswith(" new") for t in titles(tmp_path / "out" / name))
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_conversion_killed_while_renaming_is_refused_then_completed(tmp_path):
     from mdpl.datasets import read_arrow
     from mdpl.writers.common import PENDING
@@ -522,6 +525,7 @@ def _append_many(root: str, worker: int, lines: int) -> None:
         append_records(settings, {"food101/test/accuracy": i / 100})
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_concurrent_record_appends_lose_no_line(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 50)) for w in range(6)]

@@ -84,6 +84,7 @@ def _create(root, seed, queue):
     queue.put(load_or_create(root, "big_train", 200_000, 0.7, "both", 0.5).tolist())
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_concurrent_creation_gives_one_identical_table(tmp_path):
     root = tmp_path / "new" / "tables"  # created on demand
     ctx = mp.get_context("spawn")  # not fork: a forked child can hang on the parent's OpenMP state

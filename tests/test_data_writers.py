@@ -126,6 +126,7 @@ def test_bad_image_bytes_fail_or_are_skipped_and_listed(tmp_path):
     assert not (tmp_path / "out" / "hatememes_train_skipped.txt").exists()
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_cli_uses_official_default_output_folder(tmp_path):
     generate("hateful_memes", tmp_path / "raw", samples=3, side_range=(8, 16))
     work = tmp_path / "cwd"

@@ -68,14 +68,16 @@ def test_task_metrics_names_and_the_metric():
     assert out["val/the_metric"] == out["hatememes/val/auroc"]
     assert out["hatememes/val/accuracy"].item() == pytest.approx(1 / 3)
     tm.reset("val")
-    tm.update("val", {"hatememes_loss": torch.tensor(1.0), "hatememes_logits": logits[:1], "hatememes_labels": labels[:1]})
+    tm.update("val", {"hatememes_loss": torch.tensor(1.0), "hatememes_logits": logits[:1],
+                      "hatememes_labels": labels[:1]})
     assert tm.compute("val")["hatememes/val/loss"].item() == 1.0
 
 
 def test_task_metrics_mmimdb_uses_configured_class_count_and_f1_macro():
     tm = TaskMetrics({"mmimdb": 4})
     logits = torch.tensor([[1.0, -1.0, -1.0, -1.0]])
-    tm.update("test", {"mmimdb_loss": torch.tensor(0.1), "mmimdb_logits": logits, "mmimdb_labels": torch.tensor([[1.0, 1.0, 0.0, 0.0]])})
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    tm.update("test", {"mmimdb_loss": torch.tensor(0.1), "mmimdb_logits": logits, "mmimdb_labels": labels})
     out = tm.compute("test")
     assert out["test/the_metric"].item() == pytest.approx(0.5)  # class 0: 1, class 1: 0 -> macro 0.5
     assert out["mmimdb/test/f1_micro"].item() == pytest.approx(2 / 3)

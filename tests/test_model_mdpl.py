@@ -1,4 +1,5 @@
-"""PromptedViLT with MDPL prompts (and TaskModule's losses): official parameter layout and counts, freezing, prompt memory, shared prompts,
+"""PromptedViLT with MDPL prompts (and TaskModule's losses):
+official parameter layout and counts, freezing, prompt memory, shared prompts,
 validation errors, and the masked_query / trim_text / fp32_similarity options."""
 
 import math

@@ -42,6 +42,7 @@ def test_padding_and_truncation_to_max_text_len():
     assert tok("", padding="max_length", max_length=4)["input_ids"] == [101, 102, 0, 0]
 
 
+@pytest.mark.slow  # starts other Python processes
 def test_no_network_and_no_cache_needed(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT="http://127.0.0.1:9")  # any hub call would fail
