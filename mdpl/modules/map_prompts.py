@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mdpl.modules.prompts import check_missing_type
+from mdpl.modules.vilt import compact, kept_rows
 
 # Official attribute names (MAP checkpoints load as they are), in missing_type code order.
 PROMPT_NAMES = ("complete_prompt", "missing_text_prompt", "missing_img_prompt")
@@ -48,25 +49,35 @@ class MAPPrompts(nn.Module):
         return bank[missing_type.long()]
 
     def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor) -> tuple[Tensor, int, int]:
-        """Returns (x, start of the text tokens = index of the text [CLS], start of the image tokens)."""
+                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
+        """Returns (x, start of the text tokens = index of the text [CLS], start of the image tokens).
+
+        prune=True (exact up to float rounding): nothing reads a pad row (pads are masked keys and there is
+        no query), so [PAD] text tokens and padded image patches are dropped before block 0; the last block
+        computes the text [CLS] row only. Returns (x B x 1 x D = that row, 0, None)."""
         prompts = self.select(missing_type)
+        if prune:
+            text, text_masks = compact(text, text_masks, kept_rows(text_masks, keep_first=True))
+            image, image_masks = compact(image, image_masks, kept_rows(image_masks))
         # official: the embeddings are detached (frozen anyway; prompts still get gradients)
         x = torch.cat([text, image], dim=1).detach()
         mask = torch.cat([text_masks, image_masks], dim=1)
-        inserted = 0
+        inserted, last = 0, len(blocks) - 1
         for i, block in enumerate(blocks):
             if i not in self.layers:
-                x = block(x, mask)
+                x = block(x, mask, row=inserted if prune and i == last else None)
                 continue
             p = prompts[:, self.layers.index(i) if self.multi_layer else 0].to(x.dtype)  # (B, L, D)
             if self.prompt_type == "input":
                 x = torch.cat([p, x], dim=1)
                 mask = torch.cat([mask.new_ones(p.shape[:2]), mask], dim=1)
                 inserted += p.shape[1]
-                x = block(x, mask)
+                kv = None
             else:
                 half = p.shape[1] // 2
                 kv = (p[:, :half], p[:, half:]) if self.learnt_p else (p, p)
-                x = block(x, mask, prefix_kv=kv)
+            row = inserted if prune and i == last else None  # the text [CLS]: the only row the pooler reads
+            x = block(x, mask, prefix_kv=kv, row=row)
+        if prune:
+            return x, 0, None
         return x, inserted, inserted + text.shape[1]

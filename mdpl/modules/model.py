@@ -3,6 +3,13 @@
 A pure nn.Module: the constructor builds from a ModelConfig and reads no file (weights are loaded by
 `mdpl.modules.factory`). Parameter names are the official flat ones: the prompt part's parameters appear
 at the top level (`gen_t_prompt_memory.0.prompt_memory`, `complete_prompt`, ...), not under `prompts.`.
+
+Pruning (`PromptedViLT.prune`, default True; `forward(batch, prune=...)` overrides it per call) computes only
+what the logits depend on, exactly (same logits and trainable-parameter gradients up to float rounding):
+padded tokens are dropped once no prompt-memory query reads them any more, padded keys are left out of the
+attention before that, and the last block computes the pooled text [CLS] row only. A pruned forward
+therefore returns cls_feats, the masks and the logits but no text_feats / image_feats / raw_cls_feats (the
+last layer's other rows are not computed): call with prune=False for those (the unpruned official path).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class PromptedViLT(nn.Module):
         inline_module(self, "prompts", build_prompts(cfg))
         for name in BACKBONE:
             getattr(self, name).requires_grad_(False)
+        self.prune = True  # see the module docstring; not a parameter, not in the state dict
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(text_embeds B x T x D, text_masks B x T, image_embeds B x I x D, image_masks B x I)."""
@@ -78,21 +86,20 @@ class PromptedViLT(nn.Module):
         image = image + self.token_type_embeddings(torch.ones_like(image_masks))
         return text, text_masks, image, image_masks
 
-    def forward(self, batch: dict) -> dict[str, Tensor]:
-        """cls_feats (pooled text [CLS]), text/image features and masks, and {task}_logits per task."""
+    def forward(self, batch: dict, prune: bool | None = None) -> dict[str, Tensor]:
+        """cls_feats (pooled text [CLS]), text/image masks and {task}_logits per task; unpruned (prune=False, or
+        self.prune False) also raw_cls_feats (the last layer's first row) and the text/image features.
+        prune=None: self.prune."""
+        prune = self.prune if prune is None else prune
         text, text_masks, image, image_masks = self.embed(batch)
         missing_type = torch.as_tensor(batch["missing_type"], device=text.device).long()
         x, text_start, image_start = self.prompts(self.transformer.blocks, text, text_masks, image, image_masks,
-                                                  missing_type)
-        x = self.transformer.norm(x)
-        out = {
-            "cls_feats": self.pooler(x[:, text_start]),
-            "raw_cls_feats": x[:, 0],
-            "text_feats": x[:, text_start:text_start + text.shape[1]],
-            "image_feats": x[:, image_start:],
-            "text_masks": text_masks,
-            "image_masks": image_masks,
-        }
+                                                  missing_type, prune=prune)
+        x = self.transformer.norm(x)  # pruned: x is the text [CLS] row alone (B x 1 x D, text_start 0)
+        out = {"cls_feats": self.pooler(x[:, text_start]), "text_masks": text_masks, "image_masks": image_masks}
+        if not prune:
+            out.update(raw_cls_feats=x[:, 0], text_feats=x[:, text_start:text_start + text.shape[1]],
+                       image_feats=x[:, image_start:])
         for task in self.cfg.tasks:
             out[f"{task}_logits"] = getattr(self, TASKS[task].head)(out["cls_feats"])
         return out

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mdpl.modules.heads import init_weights
+from mdpl.modules.vilt import compact, kept_rows
 
 
 class PromptMemory(nn.Module):
@@ -109,6 +110,19 @@ class Side:
         ones = self.mask.new_ones(self.mask.shape[0], self.prompts.shape[1])
         return torch.cat([self.prompts, self.tokens], dim=1), torch.cat([ones, self.mask], dim=1)
 
+    def compact(self, rows: tuple[Tensor, Tensor]) -> None:
+        """Drop the padded tokens: rows = kept_rows(mask) of the tokens as they are now (not yet compacted)."""
+        self.tokens, self.mask = compact(self.tokens, self.mask, rows)
+
+    def key_rows(self, rows: tuple[Tensor, Tensor], offset: int) -> tuple[Tensor, Tensor]:
+        """(index, mask) of this side's key rows in the whole sequence, the side starting at `offset`:
+        every prompt, then the real tokens (rows = kept_rows(mask) of the uncompacted tokens)."""
+        index, valid = rows
+        B, P = index.shape[0], self.prompts.shape[1]
+        prompts = torch.arange(offset, offset + P, device=index.device).expand(B, P)
+        mask = torch.cat([valid.new_ones(B, P), self.mask.gather(1, index).bool() & valid], dim=1)
+        return torch.cat([prompts, index + offset + P], dim=1), mask
+
 
 class MDPLPrompts(nn.Module):
     """Generative prompts from prompt memories queried by the hidden states, and shared prompts chosen by
@@ -136,43 +150,74 @@ class MDPLPrompts(nn.Module):
         self.bottleneck_texts.apply(init_weights)
 
     def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor) -> tuple[Tensor, int, int]:
+                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
         """Run `blocks` over [text-side prompts | text | image-side prompts | image]; returns (x, start of the
-        text tokens = index of the text [CLS], start of the image tokens)."""
+        text tokens = index of the text [CLS], start of the image tokens).
+
+        prune=True computes only what the pooled text [CLS] depends on (exact up to float rounding) and
+        returns (x B x 1 x D = the text [CLS] row, 0, None):
+        (a) padded tokens ([PAD] text, padded image patches) are only ever read as memory queries: the
+            official query max-pools over all tokens, pads included, before each generative layer. So the
+            pads are dropped (each sample's real tokens compacted to the front) right after the last query,
+            i.e. from block max(gen_layers) on; from block 0 with masked_query (queries read real tokens
+            only) or without generative layers.
+        (c) before that, pad rows are computed as queries, but as keys they are masked: the blocks attend
+            over the real keys only (pads get no key/value projection).
+        (b) the last block computes keys/values of all rows but the query, projection and MLP of the
+            text [CLS] row only (the only row the pooler reads)."""
         check_missing_type(missing_type)  # once here, not per layer (a device sync)
         t, v = Side(text, text_masks), Side(image, image_masks)
-        T, I = text.shape[1], image.shape[1]
         x, mask = torch.cat([text, image], dim=1), torch.cat([text_masks, image_masks], dim=1)
+        drop_at, keys, last = -1, None, len(blocks) - 1
+        if prune:
+            drop_at = max(self.gen_layers) if self.gen_layers and not self.masked_query else 0
+            t_rows, v_rows = kept_rows(text_masks, keep_first=True), kept_rows(image_masks)
         for layer, block in enumerate(blocks):
             g = self.gen_layers.index(layer) if layer in self.gen_layers else None
             s = self.shared_layers.index(layer) if layer in self.shared_layers else None
-            if g is not None or s is not None:
+            if g is not None or s is not None or layer == drop_at:
                 # the hidden states before this layer's insertion (the embeddings at layer 0)
                 t.prompts, t.tokens, v.prompts, v.tokens = x.split(
-                    [t.prompts.shape[1], T, v.prompts.shape[1], I], dim=1)
-                p_t = p_v = s_t = s_v = None
-                if g is not None:
-                    p_t = self.gen_t_prompt_memory[g](max_query(t.tokens, text_masks, self.masked_query)).to(x.dtype)
-                    p_v = self.gen_v_prompt_memory[g](max_query(v.tokens, image_masks, self.masked_query)).to(x.dtype)
-                if s is not None:
-                    s_t, s_v = shared_prompts(self.shared_missing_t[s], self.shared_missing_v[s],
-                                              self.bottleneck_texts[s], self.bottleneck_images[s], missing_type)
-                    s_t, s_v = s_t.to(x.dtype), s_v.to(x.dtype)
-                t.insert(s_t, p_t)
-                v.insert(s_v, p_v)
+                    [t.prompts.shape[1], t.tokens.shape[1], v.prompts.shape[1], v.tokens.shape[1]], dim=1)
+                if g is not None or s is not None:
+                    p_t = p_v = s_t = s_v = None
+                    if g is not None:
+                        p_t = self.gen_t_prompt_memory[g](max_query(t.tokens, t.mask, self.masked_query)).to(x.dtype)
+                        p_v = self.gen_v_prompt_memory[g](max_query(v.tokens, v.mask, self.masked_query)).to(x.dtype)
+                    if s is not None:
+                        s_t, s_v = shared_prompts(self.shared_missing_t[s], self.shared_missing_v[s],
+                                                  self.bottleneck_texts[s], self.bottleneck_images[s], missing_type)
+                        s_t, s_v = s_t.to(x.dtype), s_v.to(x.dtype)
+                    t.insert(s_t, p_t)
+                    v.insert(s_v, p_v)
+                if layer == drop_at:  # (a): the last query has read the pad rows; nothing reads them any more
+                    t.compact(t_rows)
+                    v.compact(v_rows)
                 (xt, mt), (xv, mv) = t.sequence(), v.sequence()
                 x, mask = torch.cat([xt, xv], dim=1), torch.cat([mt, mv], dim=1)
-            x = block(x, mask)
+                keys = None
+            if layer < drop_at and keys is None:  # (c): pads are still queries, never keys
+                (it, kt) = t.key_rows(t_rows, 0)
+                (iv, kv) = v.key_rows(v_rows, t.prompts.shape[1] + t.tokens.shape[1])
+                keys = torch.cat([it, iv], dim=1), torch.cat([kt, kv], dim=1)
+            x = block(x, mask, keys=keys, row=t.prompts.shape[1] if prune and layer == last else None)  # (b)
+        if prune:
+            return x, 0, None
         nt = t.prompts.shape[1]
-        return x, nt, nt + T + v.prompts.shape[1]
+        return x, nt, nt + t.tokens.shape[1] + v.prompts.shape[1]
 
 
 class NoPrompts(nn.Module):
     """Plain frozen ViLT: the blocks over [text | image], no prompts."""
 
     def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor) -> tuple[Tensor, int, int]:
+                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
+        """prune=True: nothing reads pad rows, so they are dropped before block 0, and the last block computes
+        the text [CLS] row only; returns (x B x 1 x D, 0, None). See MDPLPrompts.forward."""
+        if prune:
+            text, text_masks = compact(text, text_masks, kept_rows(text_masks, keep_first=True))
+            image, image_masks = compact(image, image_masks, kept_rows(image_masks))
         x, mask = torch.cat([text, image], dim=1), torch.cat([text_masks, image_masks], dim=1)
-        for block in blocks:
-            x = block(x, mask)
-        return x, 0, text.shape[1]
+        for i, block in enumerate(blocks):
+            x = block(x, mask, row=0 if prune and i == len(blocks) - 1 else None)
+        return (x, 0, None) if prune else (x, 0, text.shape[1])

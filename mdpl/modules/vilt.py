@@ -42,13 +42,29 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None,
-                prefix_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, prefix_kv: tuple[Tensor, Tensor] | None = None,
+                keys: tuple[Tensor, Tensor] | None = None, row: int | None = None) -> Tensor:
         """x: B x N x D; mask: B x N (1 = attend, 0 = padding key); prefix_kv: unprojected B x P x D
-        keys and values put in front of the projected ones, always visible (MAP's attention prompts)."""
+        keys and values put in front of the projected ones, always visible (MAP's attention prompts).
+
+        Pruning (exact: the result rows that are computed are those of the full computation):
+        - keys=(index B x K, key_mask B x K): only the rows `index` of x are projected to keys/values, with
+          key_mask (instead of mask) as their padding mask. Rows masked as keys contribute exactly nothing,
+          so leaving them out changes only float rounding.
+        - row=r: only row r of each sample is a query; the output is B x 1 x D.
+        """
         B, N, D = x.shape
         H = self.num_heads
-        q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        if keys is None and row is None:
+            q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
+        else:  # the query and key/value projections on different rows: split the fused qkv weight
+            w, b = self.qkv.weight, self.qkv.bias
+            xq = x if row is None else x[:, row:row + 1]
+            if keys is not None:
+                index, mask = keys
+                x = x.gather(1, index[..., None].expand(-1, -1, D))
+            q = F.linear(xq, w[:D], b[:D]).view(B, -1, H, D // H).transpose(1, 2)
+            k, v = F.linear(x, w[D:], b[D:]).view(B, -1, 2, H, D // H).permute(2, 0, 3, 1, 4)
         if prefix_kv is not None:
             pk, pv = (t.to(k.dtype).view(B, -1, H, D // H).transpose(1, 2) for t in prefix_kv)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
@@ -56,7 +72,7 @@ class Attention(nn.Module):
                 mask = torch.cat([mask.new_ones(B, pk.shape[2]), mask], dim=1)
         attn_mask = None if mask is None else mask.bool()[:, None, None, :]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, q.shape[2], D)))
 
 
 class Mlp(nn.Module):
@@ -81,10 +97,37 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None,
-                prefix_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask, prefix_kv)
+    def forward(self, x: Tensor, mask: Tensor | None = None, prefix_kv: tuple[Tensor, Tensor] | None = None,
+                keys: tuple[Tensor, Tensor] | None = None, row: int | None = None) -> Tensor:
+        """keys / row: see Attention.forward. With row=r only that row's output is computed (B x 1 x D):
+        every row still gives keys and values, but the query, projection and MLP run on row r alone."""
+        h = self.attn(self.norm1(x), mask, prefix_kv, keys, row)
+        x = (x if row is None else x[:, row:row + 1]) + h
         return x + self.mlp(self.norm2(x))
+
+
+def kept_rows(mask: Tensor, keep_first: bool = False) -> tuple[Tensor, Tensor]:
+    """mask: B x N (1 = real token) -> (index B x M, valid B x M): each sample's real positions in their
+    order, moved to the front and filled up to M = the batch's largest real count; valid is False on the
+    fill entries (they index some dropped position and must stay masked). keep_first also keeps position 0
+    whatever its mask (the text [CLS] row the pooler reads). One device sync (M)."""
+    keep = mask != 0
+    if keep_first:
+        keep = keep.clone()
+        keep[:, 0] = True
+    counts = keep.sum(1)
+    M = int(counts.max())
+    index = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :M]
+    valid = torch.arange(M, device=mask.device)[None] < counts[:, None]
+    return index, valid
+
+
+def compact(tokens: Tensor, mask: Tensor, rows: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Gather the rows `rows` = kept_rows(mask) of tokens (B x N x D) -> (B x M x D, mask B x M): the
+    original mask at the kept rows, 0 on the fill rows."""
+    index, valid = rows
+    tokens = tokens.gather(1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+    return tokens, mask.gather(1, index) * valid.to(mask.dtype)
 
 
 class PatchEmbed(nn.Module):
