@@ -138,6 +138,7 @@ def config():
     sweep_paths = []  # mdpl: checkpoints to evaluate; empty means [load_path]
     sweep_types = ["text", "image", "both"]  # mdpl
     sweep_ratios = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]  # mdpl
+    sweep_groups = []  # mdpl: a group name per sweep_paths entry (averaged); empty: by saved config less seed
     cpu_processes = 1  # mdpl: with num_gpus=0, CPU processes (DDP over gloo when > 1; tests and debugging)
     trust_checkpoint = False  # mdpl: True lets torch.load unpickle arbitrary objects (only for files you trust)
 
