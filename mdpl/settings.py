@@ -375,6 +375,10 @@ def check_files(settings: Settings) -> None:
                                         f"--dataset {task.writer} --root <folder holding {raw}/> --out {root}")
     for key in ("load_path", "vit_weights", "resume_from"):
         value = getattr(settings.run, key)
+        if value and key != "resume_from":  # a Hugging Face model id resolves to its cached (or fetched) folder
+            from mdpl.modules.weights import resolve_weights_path  # here: weights imports settings
+
+            value = resolve_weights_path(value, f"config {key}")
         if value and not os.path.exists(value):
             raise FileNotFoundError(f"config {key}={value!r}: no such file")
 
