@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 from torchvision import transforms as T
 
 from mdpl.config import make_config
@@ -200,7 +200,8 @@ def test_build_test_loader_leaves_config_alone(data, tmp_path):
 def test_loaders_shuffle_train_only(data, tmp_path):
     dm = build_datamodule(settings_of(data, tmp_path))
     dm.setup()
-    assert isinstance(dm.train_dataloader().sampler, RandomSampler)
+    train, n = list(dm.train_dataloader().sampler), len(dm.datasets["train"])
+    assert sorted(train) == list(range(n)) and train != list(range(n))  # every sample once, shuffled
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
 
