@@ -10,8 +10,10 @@ from mdpl.config import make_config
 from mdpl.modules.model import PromptedViLT
 from mdpl.modules.objectives import compute_task
 from mdpl.modules.vilt import compact, kept_rows
+from mdpl.reference import make_batch, reference_forward
 from mdpl.settings import ModelConfig
-from reference_mdpl import make_batch, one_thread, reference_forward  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = dict(hidden_size=32, num_heads=4, num_layers=4, image_size=64, patch_size=16, max_text_len=10, vocab_size=50,
              gen_prompt_length=3, shared_prompt_length=2, mem_size=6, top_k=3, prompt_length=4, drop_rate=0.0,
@@ -103,7 +105,7 @@ def test_mdpl_pruned_matches_unpruned(task, layers, masked_query, dtype):
 @pytest.mark.parametrize("task,layers,masked_query", [("food101", "early", False), ("mmimdb", "late", False),
                                                        ("hatememes", "last_only", True), ("food101", "none", False)])
 def test_pruned_matches_the_float64_reference(task, layers, masked_query):
-    """Pruned logits and trainable gradients against the slow independent reference (tests/reference_mdpl.py)."""
+    """Pruned logits and trainable gradients against the slow independent reference (mdpl/reference.py)."""
     gen, shared = MDPL_LAYERS[layers]
     config, model = build(task, gen_prompt_layers=gen, shared_prompt_layers=shared, masked_query=masked_query)
     batch = padded_batch(config, torch.float64, task=task)
