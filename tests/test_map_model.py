@@ -204,11 +204,11 @@ def test_input_prompts_lead_the_sequence_and_cls_is_the_text_cls():
     c = map_config()
     model = build(c).eval()
     batch = mixed_batch(c)
-    out = model(batch)
+    out = model(batch, prune=False)  # unpruned: with text_feats
     assert out["text_feats"].shape[1] == c["max_text_len"]
     assert torch.allclose(out["cls_feats"], model.pooler(out["text_feats"][:, 0]))
     model = build(map_config(prompt_type="attention")).eval()
-    out = model(batch)  # nothing inserted: token 0 is the text [CLS]
+    out = model(batch, prune=False)  # nothing inserted: token 0 is the text [CLS]
     assert torch.allclose(out["cls_feats"], model.pooler(out["text_feats"][:, 0]))
 
 
