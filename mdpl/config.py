@@ -209,8 +209,13 @@ def make_config(*named: str, **updates) -> dict:
     """The configuration of `python run.py with <named...> key=value ...` as a plain dict, without running."""
     from mdpl.settings import plain
 
-    run = ex.run("resolved_config", config_updates=updates, named_configs=list(named),
-                 options={"--loglevel": "ERROR"})
+    root = logging.getLogger()
+    level = root.level  # sacred's --loglevel sets the root logger's level for the whole process
+    try:
+        run = ex.run("resolved_config", config_updates=updates, named_configs=list(named),
+                     options={"--loglevel": "ERROR"})
+    finally:
+        root.setLevel(level)
     return plain(run.result)
 
 
