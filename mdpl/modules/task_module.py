@@ -8,6 +8,9 @@ parts are registered on the module itself, so checkpoint keys are the model's ow
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -17,6 +20,32 @@ from mdpl.modules.model import PromptedViLT, inline_module
 from mdpl.modules.objectives import compute_task
 from mdpl.modules.optim import build_optimizer, build_scheduler
 from mdpl.settings import Settings
+
+RESUME_KEY = "mdpl_resume"  # the checkpoint entry TaskModule adds for an exact resume (see _resume_state)
+
+
+def _to_cpu(value):
+    return [v.detach().cpu().clone() for v in value] if isinstance(value, list) else value.detach().cpu().clone()
+
+
+def _rng_states() -> dict:
+    """Python, NumPy, torch CPU and (when in use) CUDA RNG states as tensors and plain containers."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])
 
 
 class TaskModule(pl.LightningModule):
@@ -30,6 +59,7 @@ class TaskModule(pl.LightningModule):
         cfg = self.settings.model
         self.task_metrics = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})  # not saved in checkpoints
         self._first_bad: Tensor | None = None  # (loss, epoch, global step) of the first non-finite loss
+        self._resume: dict | None = None  # RESUME_KEY of the checkpoint a fit resumes from, applied at train start
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """The model's outputs plus {task}_loss and {task}_labels for each task."""
@@ -65,6 +95,61 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._stop_if_nonfinite()
+        checkpoint[RESUME_KEY] = self._resume_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resume = checkpoint.get(RESUME_KEY)
+
+    def on_train_start(self) -> None:
+        """A resumed fit continues where the checkpoint was written: Lightning restored weights, optimiser,
+        schedule, loops and the train loader's position (mdpl.datamodules.ResumableLoader); this restores what
+        Lightning does not keep. Here, not in on_load_checkpoint: Lightning zeroes the gradients after restoring,
+        and the sanity check and loader creation come in between."""
+        resume, self._resume = self._resume, None
+        if not resume:
+            return
+        ranks = resume["ranks"]
+        state = ranks[self.global_rank] if len(ranks) == self.trainer.world_size else ranks[0]
+        _set_rng_states(state["rng"])
+        params = dict(self.named_parameters())
+        for name, grad in state["grads"].items():  # a checkpoint inside an accumulation window
+            params[name].grad = grad.to(device=params[name].device, dtype=params[name].dtype)
+        if state["epoch"] == self.current_epoch:  # inside the epoch: its train metrics so far (else a new epoch)
+            for key, states in state["train_metrics"].items():
+                task, name = key.split("/")
+                metric = self.task_metrics.phases["train_metrics"][task][name]
+                for attr, value in states.items():
+                    if attr == "_update_count":
+                        metric._update_count = value
+                    elif isinstance(value, list):
+                        setattr(metric, attr, [v.to(self.device) for v in value])
+                    else:
+                        setattr(metric, attr, value.to(self.device))
+                metric._computed = None
+
+    def _resume_state(self) -> dict:
+        """What an exact resume needs beyond Lightning's own checkpoint content, for each process: the global
+        RNG states (dropout in train mode, patch_order="random", data transforms), the gradients accumulated
+        so far inside an accumulation window, and the train metrics of the epoch so far. Only tensors and
+        plain containers, so the checkpoint stays loadable with weights_only=True."""
+        local = {
+            "rng": _rng_states(),
+            "grads": {n: p.grad.detach().cpu().clone() for n, p in self.named_parameters()
+                      if p.requires_grad and p.grad is not None},
+            "train_metrics": {
+                f"{task}/{name}": {**{a: _to_cpu(v) for a, v in metric.metric_state.items()},
+                               "_update_count": metric.update_count}
+                for task, metrics in self.task_metrics.phases["train_metrics"].items()
+                for name, metric in metrics.items()
+            },
+            "epoch": self.current_epoch,
+        }
+        ranks = [local]
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * world  # every process calls this hook: the file (written by rank 0) keeps them all
+            torch.distributed.all_gather_object(ranks, local)
+        return {"ranks": ranks}
 
     def _stop_if_nonfinite(self) -> None:
         """Any process that saw a non-finite training loss stops all of them (one host sync)."""
