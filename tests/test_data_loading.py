@@ -14,7 +14,7 @@ from mdpl.datamodules import build_datamodule, build_test_loader
 from mdpl.datasets import build_dataset
 from mdpl.settings import ConfigError, Settings
 from mdpl.synthetic import generate
-from mdpl.transforms import PixelBert, keys_to_transforms, resized_hw
+from mdpl.transforms import PixelBert, keys_to_transforms, normalize_pixels, resized_hw
 from mdpl.writers import WRITERS, convert
 
 NAMES = {"food101": "Food101", "mmimdb": "mmimdb", "hateful_memes": "Hatefull_Memes"}
@@ -60,7 +60,27 @@ def test_pixelbert_matches_torchvision_bitwise():
     img = Image.fromarray(torch.randint(0, 256, (37, 53, 3), dtype=torch.uint8).numpy())
     nh, nw = resized_hw(53, 37, 64)
     ref = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(img.resize((nw, nh), Image.BICUBIC))
-    assert torch.equal(PixelBert(64)(img), ref)
+    pixels = PixelBert(64)(img)
+    assert pixels.dtype == torch.uint8  # a quarter of the float32 bytes through the loader
+    assert torch.equal(normalize_pixels(pixels[None], torch.tensor([[nh, nw]]))[0], ref)
+
+
+def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path):
+    """The loader ships uint8 canvases plus each image's size; normalising them on the model's device gives
+    exactly the float32 canvas of normalised images on zeros that the official loader built."""
+    dm = build_datamodule(settings_of(data, tmp_path, missing_ratio={"train": 0.5, "val": 0.5, "test": 0.5}))
+    dm.setup()
+    items = [dm.datasets["train"][j] for j in range(6)]
+    batch = dm.collate(items)
+    canvas = batch["image"][0]
+    assert canvas.dtype == torch.uint8
+    expected = torch.zeros(canvas.shape)
+    for b, it in enumerate(items):
+        view = it["image"][0].float().div(255).sub(0.5).div(0.5)  # ToTensor + Normalize, as torchvision
+        expected[b, :, : view.shape[1], : view.shape[2]] = view
+        assert list(batch["image_hw"][b]) == list(view.shape[1:])
+    assert {it["missing_type"] for it in items} >= {2}  # a missing image is all ones after normalising
+    assert torch.equal(normalize_pixels(canvas, batch["image_hw"]), expected)
 
 
 def test_randaug_key_keeps_the_resize_rule():
@@ -80,7 +100,7 @@ def test_missing_text_and_image_items_and_collate(data, tmp_path):
     assert (a["missing_type"], t["missing_type"], i["missing_type"]) == (0, 1, 2)
     assert t["text"] == "" and a["text"] != ""
     assert torch.equal(t["image"][0], a["image"][0])
-    assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 1).all()  # ones, transformed shape
+    assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 255).all()  # all ones once normalised
     assert i["text"] == a["text"] and a["label"].dtype == torch.long
 
     dm = build_datamodule(settings_of(data, tmp_path))
@@ -94,7 +114,8 @@ def test_missing_text_and_image_items_and_collate(data, tmp_path):
     assert batch["text_ids"].shape == batch["text_masks"].shape == (3, 16)
     assert batch["text_ids"][1].tolist() == [101, 102] + [0] * 14  # "" -> [CLS] [SEP] pads
     assert batch["text_masks"][1].tolist() == [1, 1] + [0] * 14
-    assert set(batch) == {"image", "text", "text_ids", "text_masks", "label", "missing_type"}  # no MLM keys
+    assert set(batch) == {"image", "image_hw", "text", "text_ids", "text_masks", "label", "missing_type"}  # no MLM
+    assert batch["image_hw"].tolist() == [list(x["image"][0].shape[1:]) for x in (a, t, i)]
     assert batch["missing_type"].tolist() == [0, 1, 2] and batch["missing_type"].dtype == torch.long
     assert batch["label"].dtype == torch.long and batch["label"].shape == (3,)
     assert batch["text"] == [a["text"], "", a["text"]]

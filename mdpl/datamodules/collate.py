@@ -45,7 +45,8 @@ class Collator:
         enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
                              return_tensors="pt")
         return {
-            "image": [pad_images(list(view), h, w) for view in views],
+            "image": [pad_images(list(view), h, w) for view in views],  # uint8; see normalize_pixels
+            "image_hw": torch.tensor([list(it["image"][0].shape[1:]) for it in items], dtype=torch.long),
             "text": texts,
             "text_ids": enc["input_ids"],
             "text_masks": enc["attention_mask"],

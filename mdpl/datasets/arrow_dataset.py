@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mdpl.transforms import PixelBert
+from mdpl.transforms import MISSING_PIXEL, PixelBert
 from mdpl.writers.common import PENDING, BadImageError, read_pending
 
 Image.MAX_IMAGE_PIXELS = None  # as officially
@@ -54,7 +54,7 @@ class ArrowDataset(Dataset):
 
     Index j runs row-major over (row, text) pairs: one sample per text of a row (MM-IMDb: one per plot,
     all sharing the row's image, label and missing code); one_text keeps only each row's first text.
-    A missing text becomes ""; a missing image becomes all-ones tensors of the transformed shapes.
+    A missing text becomes ""; a missing image becomes views of MISSING_PIXEL (all ones after normalisation) in the transformed shapes.
     """
 
     def __init__(
@@ -110,10 +110,11 @@ class ArrowDataset(Dataset):
                 "re-run make_arrow, which checks every image"
             ) from e
         if code == 2 and not self.decode_missing:
-            views = [torch.ones(3, *t.output_hw(*img.size)) for t in self.transforms]
+            views = [torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8)
+                     for t in self.transforms]
         else:
             views = [t(img) for t in self.transforms]
             if code == 2:
-                views = [torch.ones_like(v) for v in views]
+                views = [torch.full_like(v, MISSING_PIXEL) for v in views]
         text = "" if code == 1 else self.texts[row][k]
         return {"image": views, "text": text, "label": self.labels[row], "missing_type": code}

@@ -24,6 +24,7 @@ from mdpl.modules.prompts import MDPLPrompts, NoPrompts
 from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
 from mdpl.settings import ModelConfig
 from mdpl.tasks import TASKS
+from mdpl.transforms import normalize_pixels
 
 BACKBONE = ("text_embeddings", "token_type_embeddings", "transformer")  # always frozen (official)
 
@@ -82,6 +83,8 @@ class PromptedViLT(nn.Module):
             text_ids, text_masks = text_ids[:, :length], text_masks[:, :length]
         text = self.text_embeddings(text_ids) + self.token_type_embeddings(torch.zeros_like(text_masks))
         images = batch["image"][0] if isinstance(batch["image"], (list, tuple)) else batch["image"]
+        if images.dtype == torch.uint8:  # the loader's compact form: normalised here, on the model's device
+            images = normalize_pixels(images, batch["image_hw"])
         image, image_masks = self.transformer.visual_embed(images, self.cfg.max_image_len, self.cfg.patch_order)
         image = image + self.token_type_embeddings(torch.ones_like(image_masks))
         return text, text_masks, image, image_masks

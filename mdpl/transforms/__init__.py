@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from mdpl.transforms.pixelbert import PixelBert, resized_hw
+from mdpl.transforms.pixelbert import MISSING_PIXEL, PixelBert, normalize_pixels, resized_hw
 from mdpl.transforms.randaug import RandAugment
 
 
@@ -34,4 +34,4 @@ def keys_to_transforms(keys: list[str], size: int) -> list[PixelBert]:
     return [TRANSFORMS[k](size) for k in keys]
 
 
-__all__ = ["TRANSFORMS", "PixelBert", "PixelBertRandAug", "RandAugment", "keys_to_transforms", "resized_hw"]
+__all__ = ["MISSING_PIXEL", "normalize_pixels", "TRANSFORMS", "PixelBert", "PixelBertRandAug", "RandAugment", "keys_to_transforms", "resized_hw"]

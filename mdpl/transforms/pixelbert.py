@@ -1,4 +1,9 @@
-"""The official "pixelbert" image transform: min/max resize to multiples of 32, then [-1, 1] tensors."""
+"""The official "pixelbert" image transform: min/max resize to multiples of 32, then [-1, 1] values.
+
+The loader ships the resized image as uint8 (a quarter of the float32 bytes) and the model normalises it on
+its device with `normalize_pixels`: the same float32 operations as ToTensor + Normalize(0.5, 0.5), so the
+values are identical.
+"""
 
 from __future__ import annotations
 
@@ -27,14 +32,29 @@ def resized_hw(w: int, h: int, shorter: int) -> tuple[int, int]:
     return max(MULTIPLE, nh // MULTIPLE * MULTIPLE), max(MULTIPLE, nw // MULTIPLE * MULTIPLE)
 
 
-def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
-    """ToTensor then Normalize(0.5, 0.5), with the same float operations (x / 255 - 0.5) / 0.5."""
-    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # a writable copy, as ToTensor
-    return x.float().div_(255).sub_(0.5).div_(0.5)
+MISSING_PIXEL = 255  # a missing image is all ones after normalisation: (255 / 255 - 0.5) / 0.5 = 1
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """3 x H x W uint8 (a writable copy of the RGB pixels)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def normalize_pixels(images: torch.Tensor, image_hw: torch.Tensor) -> torch.Tensor:
+    """uint8 canvases B x 3 x H x W (each image top-left, size image_hw[b] = (h, w)) -> float32 in [-1, 1] with
+    zeros outside each image: ToTensor + Normalize(0.5, 0.5) as (x / 255 - 0.5) / 0.5, then the zero canvas
+    padding that the model reads as "no patch" (a real pixel never normalises to a zero channel sum)."""
+    x = images.float().div_(255).sub_(0.5).div_(0.5)
+    H, W = images.shape[-2:]
+    h, w = image_hw[:, 0].to(images.device), image_hw[:, 1].to(images.device)
+    inside = (torch.arange(H, device=images.device)[None, :, None] < h[:, None, None]) & (
+        torch.arange(W, device=images.device)[None, None, :] < w[:, None, None])
+    return x.mul_(inside[:, None])
 
 
 class PixelBert:
-    """"pixelbert": PIL BICUBIC resize (see resized_hw), ToTensor, Normalize(0.5, 0.5). Expects RGB."""
+    """"pixelbert": PIL BICUBIC resize (see resized_hw) to a uint8 tensor; ToTensor + Normalize(0.5, 0.5)
+    happen on the model's device (normalize_pixels). Expects RGB."""
 
     random = False  # draws no random numbers, so output shapes are known from the image size alone
 
@@ -46,4 +66,4 @@ class PixelBert:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         nh, nw = self.output_hw(*img.size)
-        return to_normalized_tensor(img.resize((nw, nh), resample=Image.BICUBIC))
+        return to_uint8_tensor(img.resize((nw, nh), resample=Image.BICUBIC))
