@@ -52,8 +52,9 @@ def main() -> None:
         print(f"cpu cores: {os.cpu_count()}, torch threads: 1, batch {args.batch}, images 512x384 -> 384x512")
         for ratio in (0.0, 0.7):
             for workers in args.workers:
-                cfg = make_config(**base, num_workers=workers,
-                                  missing_ratio={"train": ratio, "val": ratio, "test": ratio})
+                cfg = make_config(
+                    **base, num_workers=workers, missing_ratio={"train": ratio, "val": ratio, "test": ratio}
+                )
                 rate = samples_per_second(cfg)
                 per = rate / max(workers, 1)
                 print(f"image missing {ratio:.0%}: num_workers={workers}: {rate:7.1f} samples/s "

@@ -27,8 +27,13 @@ def make_batch(batch: int, text_len: int = 512, image_hw: tuple[int, int] = (384
     lengths = torch.randint(16, 25, (batch,), generator=g)
     masks = (torch.arange(text_len)[None] < lengths[:, None]).long()
     ids = torch.randint(1000, 30000, masks.shape, generator=g) * masks
-    return {"image": [torch.rand(batch, 3, *image_hw, generator=g) * 2 - 1], "text_ids": ids, "text_masks": masks,
-            "label": torch.randint(0, 101, (batch,), generator=g), "missing_type": torch.arange(batch) % 3}
+    return {
+        "image": [torch.rand(batch, 3, *image_hw, generator=g) * 2 - 1],
+        "text_ids": ids,
+        "text_masks": masks,
+        "label": torch.randint(0, 101, (batch,), generator=g),
+        "missing_type": torch.arange(batch) % 3,
+    }
 
 
 def step(model: PromptedViLT, batch: dict, prune: bool) -> float:
@@ -50,10 +55,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = PromptedViLT(cfg).train()
     batch = make_batch(args.batch, cfg.max_text_len)
-    print(f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, gen layers {list(cfg.gen_prompt_layers)}, shared "
-          f"{list(cfg.shared_prompt_layers)}, masked_query {cfg.masked_query}; batch {args.batch}, text "
-          f"{cfg.max_text_len} (real {batch['text_masks'].sum(1).tolist()}), image "
-          f"{tuple(batch['image'][0].shape[2:])}, {args.threads} threads", flush=True)
+    print(
+        f"hidden {cfg.hidden_size}, {cfg.num_layers} layers, gen layers {list(cfg.gen_prompt_layers)}, shared "
+        f"{list(cfg.shared_prompt_layers)}, masked_query {cfg.masked_query}; batch {args.batch}, text "
+        f"{cfg.max_text_len} (real {batch['text_masks'].sum(1).tolist()}), image "
+        f"{tuple(batch['image'][0].shape[2:])}, {args.threads} threads",
+        flush=True,
+    )
     times = {True: [], False: []}
     for prune in (True, False):  # warm-up
         step(model, batch, prune)

@@ -54,8 +54,13 @@ def make_batch(task: str, batch: int, device: torch.device, seed: int = 0) -> di
         label = (torch.rand(batch, s["classes"], generator=g) > 0.8).float()
     else:
         label = torch.randint(0, s["classes"], (batch,), generator=g)
-    b = {"image": [torch.rand(batch, 3, H, W, generator=g) * 2 - 1], "text_ids": ids, "text_masks": masks,
-         "label": label, "missing_type": torch.arange(batch) % 3}
+    b = {
+        "image": [torch.rand(batch, 3, H, W, generator=g) * 2 - 1],
+        "text_ids": ids,
+        "text_masks": masks,
+        "label": label,
+        "missing_type": torch.arange(batch) % 3,
+    }
     return {k: ([v[0].to(device)] if k == "image" else v.to(device)) for k, v in b.items()}
 
 
@@ -179,8 +184,10 @@ def main() -> None:
         batch = args.batch or (2 if args.quick else SHAPES[task]["batch"])
         args_task = argparse.Namespace(**{**vars(args), "batch": batch})
         s = SHAPES[task]
-        print(f"\n== {task}: batch {batch}, text {s['text_len']} (real {s['real_text'][0]}-{s['real_text'][1]}), "
-              f"image {s['image_hw'][0]}x{s['image_hw'][1]}")
+        print(
+            f"\n== {task}: batch {batch}, text {s['text_len']} (real {s['real_text'][0]}-{s['real_text'][1]}), "
+            f"image {s['image_hw'][0]}x{s['image_hw'][1]}"
+        )
         results = {}
         for mode in args.modes.split(","):
             try:
@@ -190,26 +197,37 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 continue
             fwd, train = r["flops"]
-            mfu = "" if peak is None else \
-                f", MFU train {r['train'] * train / peak / 1e12:.1%} eval {r['eval'] * fwd / peak / 1e12:.1%}"
-            print(f"{mode:>10}: train {r['train']:.3g} samples/s ({r['train'] * train / 1e12:.3g} TFLOP/s, "
-                  f"peak {r['train_mem']}); eval {r['eval']:.3g} samples/s ({r['eval'] * fwd / 1e12:.3g} "
-                  f"TFLOP/s, peak {r['eval_mem']}){mfu}; per sample {fwd / 1e9:.0f} GFLOP fwd, "
-                  f"{train / 1e9:.0f} GFLOP train")
+            mfu = (
+                ""
+                if peak is None
+                else f", MFU train {r['train'] * train / peak / 1e12:.1%} eval {r['eval'] * fwd / peak / 1e12:.1%}"
+            )
+            print(
+                f"{mode:>10}: train {r['train']:.3g} samples/s ({r['train'] * train / 1e12:.3g} TFLOP/s, "
+                f"peak {r['train_mem']}); eval {r['eval']:.3g} samples/s ({r['eval'] * fwd / 1e12:.3g} "
+                f"TFLOP/s, peak {r['eval_mem']}){mfu}; per sample {fwd / 1e9:.0f} GFLOP fwd, "
+                f"{train / 1e9:.0f} GFLOP train"
+            )
         if "reference" in results:
             ref = results["reference"]
             for mode in results:
                 if mode != "reference":
-                    print(f"{mode:>10} / reference: train {results[mode]['train'] / ref['train']:.2f}x, "
-                          f"eval {results[mode]['eval'] / ref['eval']:.2f}x")
+                    print(
+                        f"{mode:>10} / reference: train {results[mode]['train'] / ref['train']:.2f}x, "
+                        f"eval {results[mode]['eval'] / ref['eval']:.2f}x"
+                    )
         if task in OFFICIAL_H200 and "fast" in results:
             tr, ev = OFFICIAL_H200[task]
             fwd, train = results["fast"]["flops"]
-            line = (f"  official (H200, fp16, batch 32): train {tr} / eval {ev} samples/s = "
-                    f"{tr * train / 1e12:.1f} / {ev * fwd / 1e12:.1f} TFLOP/s by this count")
+            line = (
+                f"  official (H200, fp16, batch 32): train {tr} / eval {ev} samples/s = "
+                f"{tr * train / 1e12:.1f} / {ev * fwd / 1e12:.1f} TFLOP/s by this count"
+            )
             if cuda:  # a CPU run is not comparable
-                line += (f"; fast vs official: train {results['fast']['train'] / tr:.2f}x, "
-                         f"eval {results['fast']['eval'] / ev:.2f}x")
+                line += (
+                    f"; fast vs official: train {results['fast']['train'] / tr:.2f}x, "
+                    f"eval {results['fast']['eval'] / ev:.2f}x"
+                )
             print(line)
 
 

@@ -35,9 +35,7 @@ for _name in ("", "mdpl"):  # sacred logs them on the root logger or the experim
 
 
 def _loss_names(d: dict) -> dict:
-    names = dict.fromkeys(
-        ["itm", "mlm", "mpp", "mppd", "vqa", "nlvr2", "irtr", "mmimdb", "hatememes", "food101"], 0
-    )
+    names = dict.fromkeys(["itm", "mlm", "mpp", "mppd", "vqa", "nlvr2", "irtr", "mmimdb", "hatememes", "food101"], 0)
     names.update(d)
     return names
 
@@ -160,9 +158,7 @@ def _finetune(exp_name: str, datasets: list, task: str, lr: float, val_check: fl
     )
 
 
-ex.add_named_config(
-    "task_finetune_mmimdb", _finetune("finetune_mmimdb_both", ["mmimdb"], "mmimdb", 5e-3, 0.2, 1024)
-)
+ex.add_named_config("task_finetune_mmimdb", _finetune("finetune_mmimdb_both", ["mmimdb"], "mmimdb", 5e-3, 0.2, 1024))
 ex.add_named_config(
     "task_finetune_food101", _finetune("finetune_food101_both111", ["Food101"], "food101", 5e-3, 0.2, 512)
 )
@@ -189,14 +185,31 @@ ex.add_named_config(
 # `make demo`: synthetic Food-101 (10 classes) on 2 CPU cores in minutes; a small randomly initialised ViLT
 # (no weights can be downloaded), so only prompts, pooler and head learn; its features differ little between
 # samples, so a smaller learning rate than the official 5e-3 learns (5e-3 and above stay at chance).
-ex.add_named_config("demo", dict(
-    _finetune("demo_food101", ["Food101"], "food101", 5e-4, 1.0, 32),
-    food101_class_num=10, hidden_size=256, num_layers=4, num_heads=4, image_size=128,
-    gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], prompt_layers=[0, 1], gen_prompt_length=8,
-    shared_prompt_length=8, prompt_length=8, batch_size=16, per_gpu_batchsize=16, max_epoch=8, num_gpus=0,
-    precision=32, num_workers=2, missing_type={"train": "both", "val": "both", "test": "both"},
-    drop_rate=0.0,  # dropout in a random frozen backbone drowns its weak per-sample signal
-))
+ex.add_named_config(
+    "demo",
+    dict(
+        _finetune("demo_food101", ["Food101"], "food101", 5e-4, 1.0, 32),
+        food101_class_num=10,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=4,
+        image_size=128,
+        gen_prompt_layers=[0, 1],
+        shared_prompt_layers=[0, 1],
+        prompt_layers=[0, 1],
+        gen_prompt_length=8,
+        shared_prompt_length=8,
+        prompt_length=8,
+        batch_size=16,
+        per_gpu_batchsize=16,
+        max_epoch=8,
+        num_gpus=0,
+        precision=32,
+        num_workers=2,
+        missing_type={"train": "both", "val": "both", "test": "both"},
+        drop_rate=0.0,  # dropout in a random frozen backbone drowns its weak per-sample signal
+    ),
+)
 
 
 @ex.command(unobserved=True)
@@ -212,8 +225,9 @@ def make_config(*named: str, **updates) -> dict:
     root = logging.getLogger()
     level = root.level  # sacred's --loglevel sets the root logger's level for the whole process
     try:
-        run = ex.run("resolved_config", config_updates=updates, named_configs=list(named),
-                     options={"--loglevel": "ERROR"})
+        run = ex.run(
+            "resolved_config", config_updates=updates, named_configs=list(named), options={"--loglevel": "ERROR"}
+        )
     finally:
         root.setLevel(level)
     return plain(run.result)

@@ -50,9 +50,9 @@ def attention(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
     qkv = linear(x, p, f"{pre}.qkv")
     out = []
     for h in range(heads):
-        q = qkv[:, h * dh:(h + 1) * dh]
-        k = qkv[:, D + h * dh:D + (h + 1) * dh]
-        v = qkv[:, 2 * D + h * dh:2 * D + (h + 1) * dh]
+        q = qkv[:, h * dh : (h + 1) * dh]
+        k = qkv[:, D + h * dh : D + (h + 1) * dh]
+        v = qkv[:, 2 * D + h * dh : 2 * D + (h + 1) * dh]
         s = (q @ k.t()) / math.sqrt(dh)
         s = s.masked_fill(mask[None, :] == 0, float("-inf"))
         e = torch.exp(s - s.max(dim=1, keepdim=True).values)
@@ -61,17 +61,20 @@ def attention(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
 
 
 def block(x: Tensor, mask: Tensor, p: dict, pre: str, heads: int) -> Tensor:
-    x = x + attention(layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], 1e-6), mask, p,
-                      f"{pre}.attn", heads)
+    x = x + attention(
+        layer_norm(x, p[f"{pre}.norm1.weight"], p[f"{pre}.norm1.bias"], 1e-6), mask, p, f"{pre}.attn", heads
+    )
     y = layer_norm(x, p[f"{pre}.norm2.weight"], p[f"{pre}.norm2.bias"], 1e-6)
     return x + linear(gelu(linear(y, p, f"{pre}.mlp.fc1")), p, f"{pre}.mlp.fc2")
 
 
 def text_tokens(ids: Tensor, p: dict) -> Tensor:
     """One sample's text: LN(word + BERT type 0 + position) (eps 1e-12), plus ViLT's text type embedding."""
-    te = p["text_embeddings.word_embeddings.weight"][ids] + \
-        p["text_embeddings.position_embeddings.weight"][:ids.shape[0]] + \
-        p["text_embeddings.token_type_embeddings.weight"][0]
+    te = (
+        p["text_embeddings.word_embeddings.weight"][ids]
+        + p["text_embeddings.position_embeddings.weight"][: ids.shape[0]]
+        + p["text_embeddings.token_type_embeddings.weight"][0]
+    )
     te = layer_norm(te, p["text_embeddings.LayerNorm.weight"], p["text_embeddings.LayerNorm.bias"], 1e-12)
     return te + p["token_type_embeddings.weight"][0]
 
@@ -98,7 +101,7 @@ def image_tokens(images: Tensor, p: dict, patch: int) -> tuple[list[Tensor], lis
         cells = []
         for i in range(gh):
             for j in range(gw):
-                feat = img[:, i * patch:(i + 1) * patch, j * patch:(j + 1) * patch].reshape(-1) @ w_conv.t()
+                feat = img[:, i * patch : (i + 1) * patch, j * patch : (j + 1) * patch].reshape(-1) @ w_conv.t()
                 feat = feat + p["transformer.patch_embed.proj.bias"]
                 if i < h and j < w:
                     feat = feat + pos[i, j]
@@ -119,7 +122,7 @@ def memory_read(q: Tensor, mem: Tensor, keys: Tensor, top_k: int) -> Tensor:
     qn = q / torch.clamp(torch.sqrt((q * q).sum()), min=1e-12)
     kn = keys / torch.clamp(torch.sqrt((keys * keys).sum(1, keepdim=True)), min=1e-12)
     scores = [float((qn * kn[i]).sum().detach()) for i in range(keys.shape[0])]
-    chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:min(top_k, keys.shape[0])]
+    chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[: min(top_k, keys.shape[0])]
     r = torch.stack([(qn * kn[i]).sum() for i in chosen])
     e = torch.exp(r - r.max())
     w = e / e.sum()
@@ -152,10 +155,18 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
                         q_v = torch.stack([image[j] for j in range(image.shape[0]) if im[j]]).max(0).values
                     else:
                         q_t, q_v = text.max(0).values, image.max(0).values
-                    p_t = memory_read(q_t, p[f"gen_t_prompt_memory.{i}.prompt_memory"],
-                                      p[f"gen_t_prompt_memory.{i}.prompt_keys"], c["top_k"])
-                    p_v = memory_read(q_v, p[f"gen_v_prompt_memory.{i}.prompt_memory"],
-                                      p[f"gen_v_prompt_memory.{i}.prompt_keys"], c["top_k"])
+                    p_t = memory_read(
+                        q_t,
+                        p[f"gen_t_prompt_memory.{i}.prompt_memory"],
+                        p[f"gen_t_prompt_memory.{i}.prompt_keys"],
+                        c["top_k"],
+                    )
+                    p_v = memory_read(
+                        q_v,
+                        p[f"gen_v_prompt_memory.{i}.prompt_memory"],
+                        p[f"gen_v_prompt_memory.{i}.prompt_keys"],
+                        c["top_k"],
+                    )
                 if layer in shared_layers:
                     i = shared_layers.index(layer)
                     a_t, a_v = p[f"shared_missing_t.{i}"], p[f"shared_missing_v.{i}"]
@@ -179,9 +190,9 @@ def reference_forward(p: dict, config: dict, batch: dict) -> dict[str, Tensor]:
             mask = torch.cat([tm.new_ones(nt), tm, im.new_ones(nv), im])
             x = block(x, mask, p, f"transformer.blocks.{layer}", heads)
             t_side = x[:nt]
-            text = x[nt:nt + T]
-            v_side = x[nt + T:nt + T + nv]
-            image = x[nt + T + nv:]
+            text = x[nt : nt + T]
+            v_side = x[nt + T : nt + T + nv]
+            image = x[nt + T + nv :]
         x = layer_norm(x, p["transformer.norm.weight"], p["transformer.norm.bias"], 1e-6)
         feats.append(torch.tanh(linear(x[nt], p, "pooler.dense")))  # the text [CLS]
     cls = torch.stack(feats)
@@ -209,9 +220,21 @@ def base_config(task: str = "food101", **overrides) -> dict:
 
 
 SMALL = dict(  # a tiny model: D=32, 4 layers, 16-pixel patches, 4x4 position grid, prompts at layers 0 and 1
-    hidden_size=32, num_heads=4, num_layers=4, image_size=64, patch_size=16, max_text_len=10, vocab_size=50,
-    gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], gen_prompt_length=3, shared_prompt_length=2,
-    mem_size=6, top_k=3, drop_rate=0.0, patch_order="fixed",
+    hidden_size=32,
+    num_heads=4,
+    num_layers=4,
+    image_size=64,
+    patch_size=16,
+    max_text_len=10,
+    vocab_size=50,
+    gen_prompt_layers=[0, 1],
+    shared_prompt_layers=[0, 1],
+    gen_prompt_length=3,
+    shared_prompt_length=2,
+    mem_size=6,
+    top_k=3,
+    drop_rate=0.0,
+    patch_order="fixed",
 )
 
 
@@ -220,8 +243,9 @@ def small_config(task: str = "food101", **overrides) -> dict:
     return base_config(task, **{**SMALL, **overrides})
 
 
-def make_batch(config: dict, batch_size: int = 3, image_hw: tuple[int, int] = (64, 96), seed: int = 0,
-               task: str = "food101") -> dict:
+def make_batch(
+    config: dict, batch_size: int = 3, image_hw: tuple[int, int] = (64, 96), seed: int = 0, task: str = "food101"
+) -> dict:
     """Images of different sizes on a zero canvas, texts of different lengths, missing types 0, 1, 2, ..."""
     g = torch.Generator().manual_seed(seed)
     H, W = image_hw
@@ -238,5 +262,11 @@ def make_batch(config: dict, batch_size: int = 3, image_hw: tuple[int, int] = (6
         label = (torch.rand(batch_size, config["mmimdb_class_num"], generator=g) > 0.7).float()
     else:
         label = torch.randint(0, config[f"{task}_class_num"], (batch_size,), generator=g)
-    return {"image": [images], "text_ids": ids, "text_masks": masks, "text": [""] * batch_size, "label": label,
-            "missing_type": torch.arange(batch_size) % 3}
+    return {
+        "image": [images],
+        "text_ids": ids,
+        "text_masks": masks,
+        "text": [""] * batch_size,
+        "label": label,
+        "missing_type": torch.arange(batch_size) % 3,
+    }

@@ -18,8 +18,14 @@ from mdpl.tasks import BY_DATASET, SPLITS, TASKS, task_of_dataset
 
 MISSING_TYPES = ("text", "image", "both")
 PROMPT_METHODS = ("mdpl", "map", "none")
-PRECISIONS = {"16": "16-mixed", "16-mixed": "16-mixed", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
-              "32": "32-true", "32-true": "32-true"}
+PRECISIONS = {
+    "16": "16-mixed",
+    "16-mixed": "16-mixed",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "32": "32-true",
+    "32-true": "32-true",
+}
 TRANSFORM_KEYS = ("pixelbert", "pixelbert_randaug")
 # model keys that change how a trained model computes, not its parameters: evaluation may set them on the
 # command line (a note is printed); every other model key comes from the checkpoint
@@ -122,18 +128,37 @@ class ModelConfig:
             if not _layers(c, "prompt_layers"):
                 _fail("prompt_layers", c["prompt_layers"], "at least one layer for prompt_method='map'")
             if c["prompt_type"] == "attention" and c["learnt_p"] and c["prompt_length"] % 2:
-                _fail("prompt_length", c["prompt_length"], 'an even length with prompt_type="attention" '
-                      "(keys take the first half, values the second)")
-        for key in ("hidden_size", "num_heads", "num_layers", "image_size", "patch_size", "max_text_len",
-                    "vocab_size", "gen_prompt_length", "shared_prompt_length", "mem_size", "top_k", "prompt_length"):
+                _fail(
+                    "prompt_length",
+                    c["prompt_length"],
+                    'an even length with prompt_type="attention" (keys take the first half, values the second)',
+                )
+        for key in (
+            "hidden_size",
+            "num_heads",
+            "num_layers",
+            "image_size",
+            "patch_size",
+            "max_text_len",
+            "vocab_size",
+            "gen_prompt_length",
+            "shared_prompt_length",
+            "mem_size",
+            "top_k",
+            "prompt_length",
+        ):
             _int(c, key, 1)
         if c["hidden_size"] % c["num_heads"]:
             _fail("hidden_size", c["hidden_size"], f"a multiple of num_heads={c['num_heads']}")
         if not isinstance(c["max_image_len"], int) or c["max_image_len"] < -1:
             _fail("max_image_len", c["max_image_len"], "-1 (no cap) or a positive integer")
         if c["trim_text"] and not c["masked_query"]:
-            _fail("trim_text", True, "masked_query=True as well: the official memory query max-pools over [PAD] "
-                  "tokens, so cutting them would change the results")
+            _fail(
+                "trim_text",
+                True,
+                "masked_query=True as well: the official memory query max-pools over [PAD] "
+                "tokens, so cutting them would change the results",
+            )
         _choice(c, "patch_order", ("random", "fixed"))
         if not _number(c["drop_rate"]) or not 0 <= c["drop_rate"] < 1:
             _fail("drop_rate", c["drop_rate"], "a number in [0, 1)")
@@ -318,9 +343,11 @@ def _run(c: dict) -> RunConfig:
     n = c["num_gpus"] if c["num_gpus"] > 0 else c["cpu_processes"]
     per_step = c["per_gpu_batchsize"] * n * c["num_nodes"]
     if c["batch_size"] % per_step:
-        raise ConfigError(f"config batch_size={c['batch_size']} is not a multiple of per_gpu_batchsize x devices x "
-                          f"num_nodes = {c['per_gpu_batchsize']} x {n} x {c['num_nodes']} = {per_step} "
-                          "(gradients are accumulated over batch_size // that many batches)")
+        raise ConfigError(
+            f"config batch_size={c['batch_size']} is not a multiple of per_gpu_batchsize x devices x "
+            f"num_nodes = {c['per_gpu_batchsize']} x {n} x {c['num_nodes']} = {per_step} "
+            "(gradients are accumulated over batch_size // that many batches)"
+        )
     if str(c["precision"]) not in PRECISIONS:
         _fail("precision", c["precision"], "16, 'bf16' or 32")
     v = c["val_check_interval"]
@@ -363,16 +390,19 @@ def check_files(settings: Settings) -> None:
 
     root = settings.data.data_root
     if not root or not os.path.isdir(root):
-        raise FileNotFoundError(f"config data_root={root!r}: no such folder (the folder holding the Arrow files "
-                                "written by make_arrow.py)")
+        raise FileNotFoundError(
+            f"config data_root={root!r}: no such folder (the folder holding the Arrow files written by make_arrow.py)"
+        )
     for name in settings.data.datasets:
         task = task_of_dataset(name)
         for split in SPLITS:
             path = Path(root) / f"{task.arrow_name(split)}.arrow"
             if not path.is_file():
                 raw = WRITERS[task.writer].raw_subdir
-                raise FileNotFoundError(f"Arrow file {str(path)!r} not found; create it with: python make_arrow.py "
-                                        f"--dataset {task.writer} --root <folder holding {raw}/> --out {root}")
+                raise FileNotFoundError(
+                    f"Arrow file {str(path)!r} not found; create it with: python make_arrow.py "
+                    f"--dataset {task.writer} --root <folder holding {raw}/> --out {root}"
+                )
     for key in ("load_path", "vit_weights", "resume_from"):
         value = getattr(settings.run, key)
         if value and key != "resume_from":  # a Hugging Face model id resolves to its cached (or fetched) folder
@@ -386,8 +416,9 @@ def check_files(settings: Settings) -> None:
 MODEL_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name != "tasks") + ("loss_names",)
 
 
-def evaluation_config(saved: dict, checkpoint_method: str, config: dict, command_line: set[str],
-                      source: str) -> tuple[dict, list[str]]:
+def evaluation_config(
+    saved: dict, checkpoint_method: str, config: dict, command_line: set[str], source: str
+) -> tuple[dict, list[str]]:
     """`config` with the model keys of the checkpoint it evaluates, and notes to print.
 
     Model keys come from the checkpoint's saved config (`saved`); official checkpoints store none, so theirs
@@ -397,8 +428,10 @@ def evaluation_config(saved: dict, checkpoint_method: str, config: dict, command
     """
     if not saved:
         if "prompt_method" in command_line and config["prompt_method"] != checkpoint_method:
-            raise ConfigError(f"config prompt_method={config['prompt_method']!r} disagrees with {source}, whose "
-                              f"parameters are those of prompt_method={checkpoint_method!r}")
+            raise ConfigError(
+                f"config prompt_method={config['prompt_method']!r} disagrees with {source}, whose "
+                f"parameters are those of prompt_method={checkpoint_method!r}"
+            )
         return {**config, "prompt_method": checkpoint_method}, []
     merged = {**config, **{k: copy.deepcopy(saved[k]) for k in MODEL_KEYS if k in saved}}
     notes = []
@@ -409,11 +442,15 @@ def evaluation_config(saved: dict, checkpoint_method: str, config: dict, command
             merged[key] = config[key]
             notes.append(f"{source}: {key}={config[key]!r} from the command line (trained with {saved[key]!r})")
             continue
-        raise ConfigError(f"config {key}={config[key]!r} disagrees with {source}, trained with {key}={saved[key]!r}; "
-                          f"model keys come from the checkpoint: drop {key} from the command line")
+        raise ConfigError(
+            f"config {key}={config[key]!r} disagrees with {source}, trained with {key}={saved[key]!r}; "
+            f"model keys come from the checkpoint: drop {key} from the command line"
+        )
     tasks = sorted(t for t in TASKS if config["loss_names"].get(t, 0) > 0)
     trained = sorted(t for t in TASKS if merged["loss_names"].get(t, 0) > 0)
     if tasks != trained:
-        raise ConfigError(f"{source} was trained for task(s) {trained} but the config's loss_names / datasets are "
-                          f"for {tasks} (another task?)")
+        raise ConfigError(
+            f"{source} was trained for task(s) {trained} but the config's loss_names / datasets are "
+            f"for {tasks} (another task?)"
+        )
     return merged, notes

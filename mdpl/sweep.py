@@ -41,9 +41,19 @@ if TYPE_CHECKING:
 # one line style and marker per missing type in sweep.png
 TYPE_STYLES = {"text": ("-", "o"), "image": ("--", "s"), "both": (":", "^")}
 # saved-config keys that define how a checkpoint was trained (besides the seed): equal recipes = seed replicates
-RECIPE_KEYS = MODEL_KEYS + tuple(f.name for f in fields(OptimConfig)) + (
-    "datasets", "both_ratio", "table_draw", "simulate_missing", "mmimdb_one_plot", "train_transform_keys",
-    "finetune_first")
+RECIPE_KEYS = (
+    MODEL_KEYS
+    + tuple(f.name for f in fields(OptimConfig))
+    + (
+        "datasets",
+        "both_ratio",
+        "table_draw",
+        "simulate_missing",
+        "mmimdb_one_plot",
+        "train_transform_keys",
+        "finetune_first",
+    )
+)
 
 
 def series_names(paths: list[str], methods: list[str]) -> list[str]:
@@ -71,12 +81,16 @@ def check_groups(groups: object, paths: list[str]) -> list[str]:
     if groups is None or (isinstance(groups, (list, tuple)) and not groups):
         return []
     if not isinstance(groups, (list, tuple)) or not all(isinstance(g, str) and g.strip() for g in groups):
-        raise ConfigError(f"config sweep_groups={groups!r}: expected [] (group by saved config without the seed) "
-                          "or a list of non-empty group names, one per sweep_paths entry")
+        raise ConfigError(
+            f"config sweep_groups={groups!r}: expected [] (group by saved config without the seed) "
+            "or a list of non-empty group names, one per sweep_paths entry"
+        )
     if len(groups) != len(paths):
-        raise ConfigError(f"config sweep_groups has {len(groups)} entries but sweep_paths (or load_path) lists "
-                          f"{len(paths)} checkpoints: give one group name per checkpoint, or [] to group by "
-                          "saved config")
+        raise ConfigError(
+            f"config sweep_groups has {len(groups)} entries but sweep_paths (or load_path) lists "
+            f"{len(paths)} checkpoints: give one group name per checkpoint, or [] to group by "
+            "saved config"
+        )
     return [g.strip() for g in groups]
 
 
@@ -125,10 +139,14 @@ def group_names(names: list[str], methods: list[str], saved: list[dict], given: 
         label = method
         if rivals or alone:
             own = recipes[idx[0]]
-            diff = sorted({k for g in rivals for k in set(own) | set(recipes[g[0]])
-                           if own.get(k) != recipes[g[0]].get(k)})
-            label = f"{method} ({', '.join(f'{k}={_short(own.get(k))}' for k in diff)})" if diff else \
-                f"{method} ({len(idx)} seeds)"
+            diff = sorted(
+                {k for g in rivals for k in set(own) | set(recipes[g[0]]) if own.get(k) != recipes[g[0]].get(k)}
+            )
+            label = (
+                f"{method} ({', '.join(f'{k}={_short(own.get(k))}' for k in diff)})"
+                if diff
+                else f"{method} ({len(idx)} seeds)"
+            )
         for i in idx:
             labels[i] = label
     # two different groups never share a label
@@ -207,14 +225,25 @@ def summarise(rows: list[dict]) -> list[dict]:
         for key in sorted((k for k in cells if k[0] == group), key=lambda k: (types.index(k[1]), k[2])):
             members = cells[key]
             mean, std = _mean_std([float(r["the_metric"]) for r in members])
-            rates = [float(r["effective_missing_rate"]) for r in members if r.get("effective_missing_rate") != ""
-                     and r.get("effective_missing_rate") is not None]
+            rates = [
+                float(r["effective_missing_rate"])
+                for r in members
+                if r.get("effective_missing_rate") != "" and r.get("effective_missing_rate") is not None
+            ]
             samples = sorted({int(r["test_samples"]) for r in members if r.get("test_samples") not in (None, "")})
-            out.append({"group": group, "missing_type": key[1], "missing_ratio": key[2], "n": len(members),
-                        "the_metric_mean": mean, "the_metric_std": std,
-                        "effective_missing_rate": sum(rates) / len(rates) if rates else "",
-                        "test_samples": samples[0] if len(samples) == 1 else "/".join(map(str, samples)),
-                        "checkpoints": ";".join(dict.fromkeys(r["checkpoint"] for r in members))})
+            out.append(
+                {
+                    "group": group,
+                    "missing_type": key[1],
+                    "missing_ratio": key[2],
+                    "n": len(members),
+                    "the_metric_mean": mean,
+                    "the_metric_std": std,
+                    "effective_missing_rate": sum(rates) / len(rates) if rates else "",
+                    "test_samples": samples[0] if len(samples) == 1 else "/".join(map(str, samples)),
+                    "checkpoints": ";".join(dict.fromkeys(r["checkpoint"] for r in members)),
+                }
+            )
     return out
 
 
@@ -224,7 +253,8 @@ def line_averages(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float,
     per_ckpt: dict[tuple, list[float]] = {}
     for row in rows:
         per_ckpt.setdefault((_group_of(row), row["missing_type"], row["checkpoint"]), []).append(
-            float(row["the_metric"]))
+            float(row["the_metric"])
+        )
     per_line: dict[tuple, list[float]] = {}
     for (group, missing_type, _), values in per_ckpt.items():
         per_line.setdefault((group, missing_type), []).append(sum(values) / len(values))
@@ -255,8 +285,10 @@ def plot_sweep(summary: list[dict], metric_title: str) -> Figure:
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     for i, (group, missing_type) in enumerate(lines):
-        points = sorted((s for s in summary if s["group"] == group and s["missing_type"] == missing_type),
-                        key=lambda s: s["missing_ratio"])
+        points = sorted(
+            (s for s in summary if s["group"] == group and s["missing_type"] == missing_type),
+            key=lambda s: s["missing_ratio"],
+        )
         if not points:
             continue
         color = palette[groups.index(group) % len(palette)]
@@ -268,8 +300,17 @@ def plot_sweep(summary: list[dict], metric_title: str) -> Figure:
         n = max(s["n"] for s in points)
         label = f"{group}, {missing_type} missing" + (f" (mean ± std of {n})" if n > 1 else "")
         k = types.index(missing_type)  # later types: smaller, alternately hollow markers
-        ax.plot(xs, mean, linestyle=style, marker=marker, color=color, alpha=0.85, markersize=6.5 - k % 3,
-                markerfacecolor="none" if k % 2 else color, label=label)
+        ax.plot(
+            xs,
+            mean,
+            linestyle=style,
+            marker=marker,
+            color=color,
+            alpha=0.85,
+            markersize=6.5 - k % 3,
+            markerfacecolor="none" if k % 2 else color,
+            label=label,
+        )
         if n > 1:
             low, high = [max(m - s, 0) for m, s in zip(mean, std)], [min(m + s, 100) for m, s in zip(mean, std)]
             ax.fill_between(xs, low, high, color=color, alpha=0.12, linewidth=0)
@@ -295,9 +336,13 @@ def markdown(rows: list[dict], summary: list[dict], metric_title: str, tasks: tu
     ratios = sorted({s["missing_ratio"] for s in summary})
     cols = [(g, t) for g in groups for t in types if any(s["group"] == g and s["missing_type"] == t for s in summary)]
     cell = {(s["group"], s["missing_type"], s["missing_ratio"]): s for s in summary}
-    lines = [f"{metric_title} (%) on the test split ({_samples_text(summary)} test samples), by missing ratio: "
-             "mean ± std over each line's checkpoints (sample std; 0 for one checkpoint)", "",
-             "| missing ratio | " + " | ".join(_cell(f"{g}/{t}") for g, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines = [
+        f"{metric_title} (%) on the test split ({_samples_text(summary)} test samples), by missing ratio: "
+        "mean ± std over each line's checkpoints (sample std; 0 for one checkpoint)",
+        "",
+        "| missing ratio | " + " | ".join(_cell(f"{g}/{t}") for g, t in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
     for ratio in ratios:
         cells = []
         for g, t in cols:
@@ -306,32 +351,45 @@ def markdown(rows: list[dict], summary: list[dict], metric_title: str, tasks: tu
         lines.append(f"| {ratio:g} | " + " | ".join(cells) + " |")
     avg = line_averages(rows)
     lines.append("| average | " + " | ".join(f"{avg[c][0] * 100:.2f} ± {avg[c][1] * 100:.2f}" for c in cols) + " |")
-    lines += ["", f"average: each line's {metric_title} averaged over the {len(ratios)} missing ratios "
-              "(average performance), mean ± std over its checkpoints.", "", "Lines (group: checkpoints):", ""]
+    lines += [
+        "",
+        f"average: each line's {metric_title} averaged over the {len(ratios)} missing ratios "
+        "(average performance), mean ± std over its checkpoints.",
+        "",
+        "Lines (group: checkpoints):",
+        "",
+    ]
     for g in groups:
         ckpts = list(dict.fromkeys(r["checkpoint"] for r in rows if _group_of(r) == g))
         own = [r for r in rows if _group_of(r) == g and r.get("seed") not in ("", None)]
         seeds = list(dict.fromkeys(str(r["seed"]) for r in own))
         seed_text = f", seeds {', '.join(seeds)}" if seeds and len(ckpts) > 1 else ""
-        lines.append(f"- {_cell(g)} ({len(ckpts)} checkpoint{'s' * (len(ckpts) > 1)}{seed_text}): "
-                     + ", ".join(f"`{c}`" for c in ckpts))
+        lines.append(
+            f"- {_cell(g)} ({len(ckpts)} checkpoint{'s' * (len(ckpts) > 1)}{seed_text}): "
+            + ", ".join(f"`{c}`" for c in ckpts)
+        )
     if "mmimdb" in tasks:
         rate = {}
         for s in summary:
             if s["effective_missing_rate"] != "":
                 rate.setdefault((s["missing_type"], s["missing_ratio"]), s["effective_missing_rate"])
-        lines += ["", "Effective missing rate (% of test samples missing a modality): MM-IMDb's missing table is "
-                  "drawn per movie, but each plot is a sample.", "",
-                  "| missing ratio | " + " | ".join(f"{t} missing" for t in types) + " |",
-                  "|---|" + "---|" * len(types)]
+        lines += [
+            "",
+            "Effective missing rate (% of test samples missing a modality): MM-IMDb's missing table is "
+            "drawn per movie, but each plot is a sample.",
+            "",
+            "| missing ratio | " + " | ".join(f"{t} missing" for t in types) + " |",
+            "|---|" + "---|" * len(types),
+        ]
         for ratio in ratios:
             values = [f"{rate[(t, ratio)] * 100:.1f}" if (t, ratio) in rate else "" for t in types]
             lines.append(f"| {ratio:g} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(rows: list[dict], out_dir: Path, metric_title: str, tasks: tuple[str, ...] = (),
-                  record: dict | None = None) -> str:
+def write_outputs(
+    rows: list[dict], out_dir: Path, metric_title: str, tasks: tuple[str, ...] = (), record: dict | None = None
+) -> str:
     """sweep.csv (every metric), sweep_summary.csv, sweep.md, sweep.png and (given `record`) config.json, each
     written atomically into out_dir; returns the Markdown table."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -396,24 +454,39 @@ def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
                 datamodule = build_datamodule(point)
                 [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
                 rate, samples = effective_missing(datamodule.datasets["test"])
-                row = {"checkpoint": point.run.load_path, "prompt_method": point.model.prompt_method,
-                       "label": f"{name}/{missing_type}", "missing_type": missing_type,
-                       "missing_ratio": float(ratio), "the_metric": metrics["test/the_metric"], "group": group,
-                       "seed": own.get("seed", ""), "effective_missing_rate": rate, "test_samples": samples}
+                row = {
+                    "checkpoint": point.run.load_path,
+                    "prompt_method": point.model.prompt_method,
+                    "label": f"{name}/{missing_type}",
+                    "missing_type": missing_type,
+                    "missing_ratio": float(ratio),
+                    "the_metric": metrics["test/the_metric"],
+                    "group": group,
+                    "seed": own.get("seed", ""),
+                    "effective_missing_rate": rate,
+                    "test_samples": samples,
+                }
                 row.update({k: v for k, v in sorted(metrics.items()) if k != "test/the_metric"})
                 rows.append(row)
                 if trainer.is_global_zero:
-                    print(f"sweep {group} ({name}) {missing_type} ratio {ratio:g}: the_metric "
-                          f"{row['the_metric'] * 100:.2f}", flush=True)
+                    print(
+                        f"sweep {group} ({name}) {missing_type} ratio {ratio:g}: the_metric "
+                        f"{row['the_metric'] * 100:.2f}",
+                        flush=True,
+                    )
 
     out_dir = Path(base.run.log_dir) / f"{base.run.exp_name}_seed{base.run.seed}_sweep"
     if trainer.is_global_zero:
         out_dir = new_version_dir(out_dir)
         title = " + ".join(f"{t} {TASKS[t].the_metric}" for t in base.model.tasks)
         record = {
-            "config": config, "sweep_types": types, "sweep_ratios": ratios,
-            "checkpoints": [{"path": p, "label": n, "group": g, "prompt_method": m, "seed": s.get("seed")}
-                            for p, n, g, m, s in zip(paths, names, groups, methods, saved)],
+            "config": config,
+            "sweep_types": types,
+            "sweep_ratios": ratios,
+            "checkpoints": [
+                {"path": p, "label": n, "group": g, "prompt_method": m, "seed": s.get("seed")}
+                for p, n, g, m, s in zip(paths, names, groups, methods, saved)
+            ],
             "groups": {g: [p for p, h in zip(paths, groups) if h == g] for g in dict.fromkeys(groups)},
         }
         print(write_outputs(rows, out_dir, title, base.model.tasks, record))

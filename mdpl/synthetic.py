@@ -149,8 +149,13 @@ GENERATORS = {"mmimdb": mmimdb, "food101": food101, "hateful_memes": hateful_mem
 
 
 def generate(
-    dataset: str, root: str | Path, samples: int = 300, classes: int = 10, seed: int = 0,
-    side_range: tuple[int, int] = (64, 192), size: tuple[int, int] | None = None,
+    dataset: str,
+    root: str | Path,
+    samples: int = 300,
+    classes: int = 10,
+    seed: int = 0,
+    side_range: tuple[int, int] = (64, 192),
+    size: tuple[int, int] | None = None,
 ) -> Path:
     """Write a synthetic raw `dataset` under `root` (the make_arrow --root); returns its dataset folder.
 

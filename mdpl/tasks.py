@@ -55,6 +55,8 @@ BY_DATASET: dict[str, Task] = {t.dataset: t for t in TASKS.values()}
 
 def task_of_dataset(dataset: str) -> Task:
     if dataset not in BY_DATASET:
-        raise ValueError(f"config datasets entry {dataset!r}: expected one of {sorted(BY_DATASET)} "
-                         "(use a task_finetune_* named config)")
+        raise ValueError(
+            f"config datasets entry {dataset!r}: expected one of {sorted(BY_DATASET)} "
+            "(use a task_finetune_* named config)"
+        )
     return BY_DATASET[dataset]

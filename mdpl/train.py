@@ -42,22 +42,30 @@ class PlainProgress(pl.Callback):
         if trainer.is_global_zero and (batch_idx + 1) % self.every == 0:
             loss = trainer.callback_metrics.get("train/loss")
             shown = f", train/loss {float(loss):.4f}" if loss is not None else ""
-            print(f"epoch {trainer.current_epoch} batch {batch_idx + 1}/{trainer.num_training_batches}, "
-                  f"global step {trainer.global_step}{shown}", flush=True)
+            print(
+                f"epoch {trainer.current_epoch} batch {batch_idx + 1}/{trainer.num_training_batches}, "
+                f"global step {trainer.global_step}{shown}",
+                flush=True,
+            )
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get("val/the_metric")
         if trainer.is_global_zero and value is not None and not trainer.sanity_checking:
-            print(f"epoch {trainer.current_epoch} global step {trainer.global_step}: "
-                  f"val/the_metric {float(value):.4f}", flush=True)
+            print(
+                f"epoch {trainer.current_epoch} global step {trainer.global_step}: val/the_metric {float(value):.4f}",
+                flush=True,
+            )
 
 
 def precision(settings: Settings) -> str:
     """Lightning's precision; fp16 autocast on the CPU falls back to 32 with a warning."""
     if settings.run.precision == "16-mixed" and settings.devices[0] == "cpu":
         # fp16 autocast is a GPU feature; 32 keeps CPU results exact (bf16 would change the numerics)
-        warnings.warn("precision=16 needs a GPU: running on the CPU in 32-bit (precision=32); "
-                      "pass precision=bf16 for bf16 autocast on the CPU", stacklevel=2)
+        warnings.warn(
+            "precision=16 needs a GPU: running on the CPU in 32-bit (precision=32); "
+            "pass precision=bf16 for bf16 autocast on the CPU",
+            stacklevel=2,
+        )
         return "32-true"
     return settings.run.precision
 
@@ -205,8 +213,13 @@ class MetricsRows(pl.Callback):
         return {"rows": writer.rows}
 
 
-def build_trainer(settings: Settings, logger: bool = True, checkpoints: bool = True,
-                  progress: bool = True, metrics_rows: int | None = None) -> pl.Trainer:
+def build_trainer(
+    settings: Settings,
+    logger: bool = True,
+    checkpoints: bool = True,
+    progress: bool = True,
+    metrics_rows: int | None = None,
+) -> pl.Trainer:
     """The Trainer of a run, logging to {log_dir}/{run name}/version_N: a new N, created here by the launcher
     process, or the folder of resume_from (see resume_folder), whose metrics.csv then keeps its first
     `metrics_rows` rows (those logged up to the checkpoint; all when None)."""
@@ -272,8 +285,9 @@ def fit(settings: Settings) -> pl.Trainer:
         rows = resumed_metrics_rows(load_checkpoint(resume, "resume_from", settings.run.trust_checkpoint), resume)
     module = TaskModule(settings.config, create_model(settings))
     trainer = build_trainer(settings, metrics_rows=rows)
-    trainer.fit(module, datamodule=build_datamodule(settings), ckpt_path=resume,
-                weights_only=not settings.run.trust_checkpoint)
+    trainer.fit(
+        module, datamodule=build_datamodule(settings), ckpt_path=resume, weights_only=not settings.run.trust_checkpoint
+    )
     summary = training_summary(trainer)  # on every process: under DDP trainer.log_dir is a collective broadcast
     if trainer.is_global_zero:
         print(summary, flush=True)
@@ -283,8 +297,10 @@ def fit(settings: Settings) -> pl.Trainer:
 def resumed_metrics_rows(checkpoint: object, path: str) -> int | None:
     """The rows metrics.csv held when resume_from was written (None: not recorded, keep them all)."""
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("loops"), dict):
-        raise ValueError(f"resume_from={path!r}: not a checkpoint of a Lightning fit (no training loop state); "
-                         "to start a new fit from its weights use load_path")
+        raise ValueError(
+            f"resume_from={path!r}: not a checkpoint of a Lightning fit (no training loop state); "
+            "to start a new fit from its weights use load_path"
+        )
     rows = (checkpoint.get("callbacks") or {}).get(MetricsRows.__qualname__, {}).get("rows")
     return rows if isinstance(rows, int) else None
 
@@ -293,11 +309,13 @@ def training_summary(trainer: pl.Trainer) -> str:
     """The run folder, the best checkpoint with its val/the_metric, and last.ckpt."""
     best, last = trainer.checkpoint_callbacks[0], trainer.checkpoint_callbacks[1]
     score = "n/a" if best.best_model_score is None else f"{float(best.best_model_score):.4f}"
-    return "\n".join([
-        f"run folder:      {trainer.log_dir}",
-        f"best checkpoint: {best.best_model_path or 'none (no validation ran)'} (val/the_metric {score})",
-        f"last checkpoint: {last.last_model_path or last.best_model_path or 'none'}",
-    ])
+    return "\n".join(
+        [
+            f"run folder:      {trainer.log_dir}",
+            f"best checkpoint: {best.best_model_path or 'none (no validation ran)'} (val/the_metric {score})",
+            f"last checkpoint: {last.last_model_path or last.best_model_path or 'none'}",
+        ]
+    )
 
 
 def evaluate(config: dict, command_line: set[str] = frozenset()) -> list[dict]:

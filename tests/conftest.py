@@ -30,11 +30,31 @@ TASKS = {
     "hatememes": ("hateful_memes", "hateful_memes", "task_finetune_hatememes"),
 }
 TINY = dict(  # a ViLT small enough for CPU tests (seconds per run)
-    hidden_size=32, num_layers=2, num_heads=2, image_size=64, patch_size=32, max_text_len=16,
-    gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], prompt_layers=[0, 1], gen_prompt_length=4,
-    shared_prompt_length=4, prompt_length=4, mem_size=4, top_k=2, food101_class_num=4,
-    num_gpus=0, precision=32, num_workers=0, per_gpu_batchsize=4, batch_size=8, max_epoch=2,
-    max_steps=None, learning_rate=1e-3, val_check_interval=1.0, patch_order="fixed",
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    image_size=64,
+    patch_size=32,
+    max_text_len=16,
+    gen_prompt_layers=[0, 1],
+    shared_prompt_layers=[0, 1],
+    prompt_layers=[0, 1],
+    gen_prompt_length=4,
+    shared_prompt_length=4,
+    prompt_length=4,
+    mem_size=4,
+    top_k=2,
+    food101_class_num=4,
+    num_gpus=0,
+    precision=32,
+    num_workers=0,
+    per_gpu_batchsize=4,
+    batch_size=8,
+    max_epoch=2,
+    max_steps=None,
+    learning_rate=1e-3,
+    val_check_interval=1.0,
+    patch_order="fixed",
 )
 
 
@@ -63,8 +83,12 @@ def _tiny_config(task: str, data: Path, out: Path, named: str | None = None, **u
     """The task's named config (or `named`) with TINY and every output folder under `out`."""
     from mdpl.config import make_config
 
-    paths = dict(data_root=str(data), log_dir=str(out / "result"), records_root=str(out / "records"),
-                 missing_table_root=str(out / "tables") + "/")
+    paths = dict(
+        data_root=str(data),
+        log_dir=str(out / "result"),
+        records_root=str(out / "records"),
+        missing_table_root=str(out / "tables") + "/",
+    )
     return make_config(named or TASKS[task][2], **{**TINY, **paths, **updates})
 
 

@@ -37,8 +37,9 @@ def test_load_from_checkpoint_needs_no_pretrained_file(data, tmp_path, tiny_conf
     # a synthetic pre-trained ViLT: the backbone of a tiny model without prompts
     source = tiny_config("food101", data, tmp_path / "source", prompt_method="none")
     torch.manual_seed(11)
-    backbone = {k: v for k, v in PromptedViLT(Settings.from_config(source).model).state_dict().items()
-                if k.startswith(BACKBONE)}
+    backbone = {
+        k: v for k, v in PromptedViLT(Settings.from_config(source).model).state_dict().items() if k.startswith(BACKBONE)
+    }
     pretrained = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": backbone}, pretrained)
 
@@ -78,15 +79,25 @@ def layer1(data, tmp_path_factory, tiny_config) -> str:
 
 
 def test_test_only_with_data_keys_only_matches_the_sweep(layer1, data, tmp_path, tiny_config):
-    data_keys = {"test_only", "load_path", "test_type", "test_ratio", "data_root", "log_dir", "records_root",
-                 "missing_table_root"}
-    cfg = tiny_config("food101", data, tmp_path / "test", test_only=True, load_path=layer1, test_type="both",
-                      test_ratio=0.5)
+    data_keys = {
+        "test_only",
+        "load_path",
+        "test_type",
+        "test_ratio",
+        "data_root",
+        "log_dir",
+        "records_root",
+        "missing_table_root",
+    }
+    cfg = tiny_config(
+        "food101", data, tmp_path / "test", test_only=True, load_path=layer1, test_type="both", test_ratio=0.5
+    )
     assert cfg["gen_prompt_layers"] == [0, 1]  # the config's default; the checkpoint's [1] is used
     [metrics] = main(cfg, command_line=data_keys)
 
-    swept = tiny_config("food101", data, tmp_path / "sweep", sweep_paths=[layer1], sweep_types=["both"],
-                        sweep_ratios=[0.5])
+    swept = tiny_config(
+        "food101", data, tmp_path / "sweep", sweep_paths=[layer1], sweep_types=["both"], sweep_ratios=[0.5]
+    )
     out = sweep(swept, command_line={"sweep_paths", "sweep_types", "sweep_ratios", "data_root", "log_dir"})
     with open(out / "sweep.csv") as f:
         [row] = list(csv.DictReader(f))
@@ -100,8 +111,7 @@ def test_a_disagreeing_model_key_on_the_command_line_is_an_error(layer1, data, t
     with pytest.raises(ConfigError, match=r"gen_prompt_layers=\[0, 1\].*gen_prompt_layers=\[1\]"):
         main(cfg, command_line={"test_only", "load_path", "gen_prompt_layers"})
     assert not (tmp_path / "result").exists()
-    swept = tiny_config("food101", data, tmp_path, sweep_paths=[layer1], sweep_ratios=[0.5],
-                        gen_prompt_layers=[0, 1])
+    swept = tiny_config("food101", data, tmp_path, sweep_paths=[layer1], sweep_ratios=[0.5], gen_prompt_layers=[0, 1])
     with pytest.raises(ConfigError, match=r"gen_prompt_layers=\[0, 1\].*gen_prompt_layers=\[1\]"):
         sweep(swept, command_line={"sweep_paths", "gen_prompt_layers"})
     assert not (tmp_path / "result").exists()
@@ -123,15 +133,27 @@ def test_mdpl_with_attention_prompts_is_an_error():
 
 COMMON = {"text_embeddings", "token_type_embeddings", "transformer", "pooler", "food101_classifier"}
 PARTS = {
-    "mdpl": {"gen_t_prompt_memory", "gen_v_prompt_memory", "shared_missing_t", "shared_missing_v",
-             "bottleneck_texts", "bottleneck_images"},
+    "mdpl": {
+        "gen_t_prompt_memory",
+        "gen_v_prompt_memory",
+        "shared_missing_t",
+        "shared_missing_v",
+        "bottleneck_texts",
+        "bottleneck_images",
+    },
     "map": {"complete_prompt", "missing_text_prompt", "missing_img_prompt"},
     "none": set(),
 }
 NAMES = {
-    "mdpl": ["gen_t_prompt_memory.0.prompt_memory", "gen_t_prompt_memory.1.prompt_keys",
-             "gen_v_prompt_memory.1.prompt_memory", "shared_missing_t.0", "shared_missing_v.1",
-             "bottleneck_texts.0.0.weight", "bottleneck_images.1.2.bias"],
+    "mdpl": [
+        "gen_t_prompt_memory.0.prompt_memory",
+        "gen_t_prompt_memory.1.prompt_keys",
+        "gen_v_prompt_memory.1.prompt_memory",
+        "shared_missing_t.0",
+        "shared_missing_v.1",
+        "bottleneck_texts.0.0.weight",
+        "bottleneck_images.1.2.bias",
+    ],
     "map": ["complete_prompt", "missing_text_prompt", "missing_img_prompt"],
     "none": [],
 }
@@ -144,9 +166,13 @@ def test_state_dict_keys_are_the_official_flat_names(method):
     keys = set(model.state_dict())
     assert not any(k.startswith(("prompts.", "model.")) for k in keys)
     assert {k.split(".")[0] for k in keys} == COMMON | PARTS[method]
-    for name in NAMES[method] + ["pooler.dense.weight", "food101_classifier.3.weight",
-                                 "transformer.blocks.0.attn.qkv.weight", "text_embeddings.word_embeddings.weight",
-                                 "token_type_embeddings.weight"]:
+    for name in NAMES[method] + [
+        "pooler.dense.weight",
+        "food101_classifier.3.weight",
+        "transformer.blocks.0.attn.qkv.weight",
+        "text_embeddings.word_embeddings.weight",
+        "token_type_embeddings.weight",
+    ]:
         assert name in keys, name
     # the Lightning module holds the model's parameters under the same names
     module = TaskModule(config, model)

@@ -100,13 +100,13 @@ def test_a_pickle_that_would_run_code_is_refused_and_runs_nothing(key, evil, dat
 
 def test_trust_checkpoint_loads_a_legitimate_file(trained, data, tmp_path, tiny_config):
     assert load_checkpoint(str(trained), "load_path", trust=True)["global_step"] > 0
-    [metrics] = main(tiny_config("food101", data, tmp_path, test_only=True, load_path=str(trained),
-                                 trust_checkpoint=True))
+    [metrics] = main(
+        tiny_config("food101", data, tmp_path, test_only=True, load_path=str(trained), trust_checkpoint=True)
+    )
     assert 0 <= metrics["test/the_metric"] <= 1
 
 
-def test_a_fine_tuned_checkpoint_of_another_task_as_pretrained_load_path_warns(trained, tmp_path, tiny_config,
-                                                                              caplog):
+def test_a_fine_tuned_checkpoint_of_another_task_as_pretrained_load_path_warns(trained, tmp_path, tiny_config, caplog):
     from mdpl.modules import create_model
 
     settings = Settings.from_config(tiny_config("hatememes", tmp_path, tmp_path, load_path=str(trained)))

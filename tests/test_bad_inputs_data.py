@@ -519,8 +519,16 @@ def _append_many(root: str, worker: int, lines: int) -> None:
     from mdpl.gadgets.records import append_records
     from mdpl.settings import Settings
 
-    settings = Settings.from_config(make_config("task_finetune_food101", records_root=root, test_exp_name="e",
-                                                test_type="both", test_ratio=worker / 10, per_gpu_batchsize=1))
+    settings = Settings.from_config(
+        make_config(
+            "task_finetune_food101",
+            records_root=root,
+            test_exp_name="e",
+            test_type="both",
+            test_ratio=worker / 10,
+            per_gpu_batchsize=1,
+        )
+    )
     for i in range(lines):
         append_records(settings, {"food101/test/accuracy": i / 100})
 

@@ -36,8 +36,15 @@ def data(tmp_path_factory):
 def config_of(data, tmp_path, name="food101", **updates) -> dict:
     """The official defaults for one synthetic dataset (its task in loss_names), with `updates`."""
     loss_names = {"itm": 0, "mlm": 0, TASK[name]: 1, **updates.pop("loss_names", {})}
-    base = dict(datasets=[NAMES[name]], data_root=str(data[name]), missing_table_root=str(tmp_path / "tables"),
-                per_gpu_batchsize=4, num_workers=0, image_size=64, max_text_len=16)
+    base = dict(
+        datasets=[NAMES[name]],
+        data_root=str(data[name]),
+        missing_table_root=str(tmp_path / "tables"),
+        per_gpu_batchsize=4,
+        num_workers=0,
+        image_size=64,
+        max_text_len=16,
+    )
     return make_config(**{**base, **updates, "loss_names": loss_names})
 
 
@@ -182,8 +189,10 @@ def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
 
 def test_prepare_data_draws_the_tables_that_every_rank_then_loads(data, tmp_path):
     # Lightning calls prepare_data on local rank 0 only, before any rank's setup
-    settings = dict(missing_type={"train": "image", "val": "text", "test": "both"},
-                    missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})
+    settings = dict(
+        missing_type={"train": "image", "val": "text", "test": "both"},
+        missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6},
+    )
     random.seed(42)
     single = build_datamodule(settings_of(data, tmp_path / "single", **settings))
     single.setup("fit")  # one process: draws train, val, test in turn

@@ -21,8 +21,9 @@ PROMPTS = ("complete_prompt", "missing_text_prompt", "missing_img_prompt")
 
 def map_config(**overrides) -> dict:
     """Tiny ViLT (D=32, 2 heads, 3 layers, 64-pixel images, 8 text tokens), MAP prompts at layers 0 and 2."""
-    c = small_config(num_heads=2, num_layers=3, max_text_len=8, prompt_method="map", prompt_length=4,
-                     prompt_layers=[0, 2])
+    c = small_config(
+        num_heads=2, num_layers=3, max_text_len=8, prompt_method="map", prompt_length=4, prompt_layers=[0, 2]
+    )
     c.update(overrides)
     return c
 
@@ -51,7 +52,7 @@ def ref_attention(x, mask, p, pre, heads, prefix_k=None, prefix_v=None):
     N, D = x.shape
     dh = D // heads
     qkv = linear(x, p, f"{pre}.qkv")
-    q, k, v = qkv[:, :D], qkv[:, D:2 * D], qkv[:, 2 * D:]
+    q, k, v = qkv[:, :D], qkv[:, D : 2 * D], qkv[:, 2 * D :]
     if prefix_k is not None:
         k, v = torch.cat([prefix_k, k]), torch.cat([prefix_v, v])
         mask = torch.cat([torch.ones(prefix_k.shape[0], dtype=mask.dtype), mask])
@@ -200,7 +201,7 @@ def test_prompt_parameters_follow_official_names_shapes_and_init():
 
 
 def test_input_prompts_lead_the_sequence_and_cls_is_the_text_cls():
-    """"input" with L=4 at 2 layers: text_feats start after the 8 prompt tokens, and cls pools the text [CLS]."""
+    """ "input" with L=4 at 2 layers: text_feats start after the 8 prompt tokens, and cls pools the text [CLS]."""
     c = map_config()
     model = build(c).eval()
     batch = mixed_batch(c)
@@ -224,13 +225,16 @@ def test_prompts_are_picked_by_missing_type():
     assert changed.tolist() == (batch["missing_type"] == 1).tolist()
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"prompt_type": "cross"}, "prompt_type"),
-    ({"prompt_type": "attention", "prompt_length": 5}, "prompt_length=5"),
-    ({"prompt_layers": [0, 3]}, "prompt_layers"),
-    ({"prompt_layers": [1, 1]}, "prompt_layers"),
-    ({"prompt_length": 0}, "prompt_length"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"prompt_type": "cross"}, "prompt_type"),
+        ({"prompt_type": "attention", "prompt_length": 5}, "prompt_length=5"),
+        ({"prompt_layers": [0, 3]}, "prompt_layers"),
+        ({"prompt_layers": [1, 1]}, "prompt_layers"),
+        ({"prompt_length": 0}, "prompt_length"),
+    ],
+)
 def test_bad_map_config_is_a_clear_error(overrides, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_config(map_config(**overrides))

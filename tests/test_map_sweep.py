@@ -55,8 +55,14 @@ def test_map_training_updates_the_official_prompt_tensors(checkpoints):
 
 def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, config, tmp_path):
     data, ckpts = checkpoints
-    cfg = config("task_finetune_food101", data, tmp_path, sweep_paths=[ckpts["map"], ckpts["mdpl"], ckpts["none"]],
-                 sweep_types=["text", "image"], sweep_ratios=[0.0, 0.5])
+    cfg = config(
+        "task_finetune_food101",
+        data,
+        tmp_path,
+        sweep_paths=[ckpts["map"], ckpts["mdpl"], ckpts["none"]],
+        sweep_types=["text", "image"],
+        sweep_ratios=[0.0, 0.5],
+    )
     out = sweep(cfg)
     lines = (out / "sweep.md").read_text().splitlines()
     labels = [c.strip() for c in lines[2].split("|")[2:-1]]
@@ -69,15 +75,20 @@ def test_one_sweep_draws_a_line_per_method_and_type(checkpoints, config, tmp_pat
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_official_checkpoints_without_a_saved_config_are_told_apart_by_their_keys(checkpoints, config,
-                                                                                  tmp_path):
+def test_official_checkpoints_without_a_saved_config_are_told_apart_by_their_keys(checkpoints, config, tmp_path):
     data, ckpts = checkpoints
     official = {}
     for method in ("map", "mdpl"):  # official checkpoints record no prompt_method
         sd = torch.load(ckpts[method], map_location="cpu", weights_only=False)["state_dict"]
         official[method] = str(tmp_path / f"official_{method}.ckpt")
         torch.save({"state_dict": sd}, official[method])
-    cfg = config("task_finetune_food101", data, tmp_path, sweep_paths=[official["map"], official["mdpl"]],
-                 sweep_types=["image"], sweep_ratios=[0.5])
+    cfg = config(
+        "task_finetune_food101",
+        data,
+        tmp_path,
+        sweep_paths=[official["map"], official["mdpl"]],
+        sweep_types=["image"],
+        sweep_ratios=[0.5],
+    )
     lines = (sweep(cfg) / "sweep.md").read_text().splitlines()
     assert [c.strip() for c in lines[2].split("|")[2:-1]] == ["map/image", "mdpl/image"]

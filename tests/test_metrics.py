@@ -68,8 +68,9 @@ def test_task_metrics_names_and_the_metric():
     assert out["val/the_metric"] == out["hatememes/val/auroc"]
     assert out["hatememes/val/accuracy"].item() == pytest.approx(1 / 3)
     tm.reset("val")
-    tm.update("val", {"hatememes_loss": torch.tensor(1.0), "hatememes_logits": logits[:1],
-                      "hatememes_labels": labels[:1]})
+    tm.update(
+        "val", {"hatememes_loss": torch.tensor(1.0), "hatememes_logits": logits[:1], "hatememes_labels": labels[:1]}
+    )
     assert tm.compute("val")["hatememes/val/loss"].item() == 1.0
 
 

@@ -24,9 +24,17 @@ throughput = _load_script("throughput")
 
 def test_flop_count_by_hand():
     """2 layers, prompts (2 x 3 gen + 2 x 2 shared = 10 tokens) at layer 0 only."""
-    c = throughput.make_config("food101", hidden_size=8, mlp_ratio=4, num_layers=2, patch_size=2,
-                               gen_prompt_layers=[0], shared_prompt_layers=[0], gen_prompt_length=3,
-                               shared_prompt_length=2)
+    c = throughput.make_config(
+        "food101",
+        hidden_size=8,
+        mlp_ratio=4,
+        num_layers=2,
+        patch_size=2,
+        gen_prompt_layers=[0],
+        shared_prompt_layers=[0],
+        gen_prompt_length=3,
+        shared_prompt_length=2,
+    )
     fwd, train = throughput.flops_per_sample(c, T=5, image_tokens=4, patches=3)
     N = 5 + 4 + 10
     lin, attn = 2 * N * (4 * 64 + 2 * 8 * 32), 4 * N * N * 8
@@ -36,11 +44,21 @@ def test_flop_count_by_hand():
 
 
 def test_every_mode_runs_on_tiny_shapes(monkeypatch):
-    monkeypatch.setitem(throughput.SHAPES, "food101", dict(text_len=8, image_hw=(64, 96), batch=2,
-                                                           real_text=(3, 5), classes=101))
+    monkeypatch.setitem(
+        throughput.SHAPES, "food101", dict(text_len=8, image_hw=(64, 96), batch=2, real_text=(3, 5), classes=101)
+    )
     args = argparse.Namespace(batch=2, steps=1, ref_steps=1, warmup=0, amp_dtype=None)
-    tiny = dict(hidden_size=32, num_heads=4, num_layers=2, image_size=64, patch_size=16, gen_prompt_length=2,
-                shared_prompt_length=2, gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])
+    tiny = dict(
+        hidden_size=32,
+        num_heads=4,
+        num_layers=2,
+        image_size=64,
+        patch_size=16,
+        gen_prompt_length=2,
+        shared_prompt_length=2,
+        gen_prompt_layers=[0, 1],
+        shared_prompt_layers=[0, 1],
+    )
     for mode in ["fast", "fast+trim", "reference"]:
         r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
         assert r["train"] > 0 and r["eval"] > 0
@@ -53,7 +71,15 @@ def test_dataloader_benchmark_builds_its_config_with_make_config(tmp_path, make_
 
     dataloader = _load_script("dataloader")
     data = make_arrows(tmp_path, "food101", samples=20)
-    cfg = make_config(datasets=["Food101"], loss_names={"itm": 0, "mlm": 0, "food101": 1}, data_root=str(data),
-                      missing_table_root=str(tmp_path / "t"), per_gpu_batchsize=2, batch_size=2, max_text_len=16,
-                      image_size=64, num_workers=0)
+    cfg = make_config(
+        datasets=["Food101"],
+        loss_names={"itm": 0, "mlm": 0, "food101": 1},
+        data_root=str(data),
+        missing_table_root=str(tmp_path / "t"),
+        per_gpu_batchsize=2,
+        batch_size=2,
+        max_text_len=16,
+        image_size=64,
+        num_workers=0,
+    )
     assert dataloader.samples_per_second(cfg) > 0

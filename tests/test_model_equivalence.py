@@ -24,8 +24,11 @@ def _compare(config: dict, batch: dict, dtype: torch.dtype, tol: float, task: st
     ref = reference_forward(params, config, batch)
     logits = ref[f"{task}_logits"]
     assert (out[f"{task}_logits"] - logits).abs().max() <= tol
-    loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, out[f"{task}_labels"].to(dtype))
-            if task == "mmimdb" else torch.nn.functional.cross_entropy(logits, out[f"{task}_labels"]))
+    loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, out[f"{task}_labels"].to(dtype))
+        if task == "mmimdb"
+        else torch.nn.functional.cross_entropy(logits, out[f"{task}_labels"])
+    )
     grads = torch.autograd.grad(loss, [params[n] for n in trainable])
     named = dict(model.named_parameters())
     for n, g in zip(trainable, grads):

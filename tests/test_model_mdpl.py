@@ -26,9 +26,16 @@ def test_trainable_parameters_at_the_official_size(task, expected):
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     assert not any(n.startswith(("transformer.", "text_embeddings.", "token_type_embeddings.")) for n in names)
-    for n in ["gen_t_prompt_memory.5.prompt_memory", "gen_v_prompt_memory.0.prompt_keys", "shared_missing_t.5",
-              "shared_missing_v.0", "bottleneck_texts.5.2.weight", "bottleneck_images.0.0.bias",
-              "pooler.dense.weight", f"{task}_classifier.3.weight"]:
+    for n in [
+        "gen_t_prompt_memory.5.prompt_memory",
+        "gen_v_prompt_memory.0.prompt_keys",
+        "shared_missing_t.5",
+        "shared_missing_v.0",
+        "bottleneck_texts.5.2.weight",
+        "bottleneck_images.0.0.bias",
+        "pooler.dense.weight",
+        f"{task}_classifier.3.weight",
+    ]:
         assert n in names, n
     assert model.gen_t_prompt_memory[0].prompt_memory.shape == (16, 16, 768)
     assert model.bottleneck_texts[0][0].out_features == 48  # hidden_size // 16, not bottleneck_dim

@@ -36,8 +36,11 @@ def test_attention_masks_padding_keys_and_sees_prefix(with_prefix):
     attn = Attention(16, 4).double()
     x = torch.randn(2, 5, 16, dtype=torch.float64)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    prefix = (torch.randn(2, 3, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64)) \
-        if with_prefix else None
+    prefix = (
+        (torch.randn(2, 3, 16, dtype=torch.float64), torch.randn(2, 3, 16, dtype=torch.float64))
+        if with_prefix
+        else None
+    )
     out = attn(x, mask, prefix)
     assert torch.allclose(out, _explicit_attention(attn, x, mask, prefix), atol=1e-12)
     # a padded key does not influence anything
@@ -100,11 +103,13 @@ def test_random_order_permutes_full_images_and_draws_pads_from_invalid_cells():
         assert sorted(match.tolist()) == list(range(24))
         orders.add(tuple(match.tolist()))
         # padded images: valid patches row-major as in "fixed", pads are invalid cells with mask 0
-        for b, v, invalid in [(1, 6, [c for c in range(24) if c not in (0, 1, 2, 6, 7, 8)]),
-                              (2, 12, [c for c in range(24) if c % 6 >= 3])]:
-            assert torch.equal(tokens[b, :1 + v], fixed[b, :1 + v])
-            assert mask[b, 1 + v:].sum() == 0
-            d = torch.cdist(tokens[b, 1 + v:], cells[b][invalid]).min(1).values
+        for b, v, invalid in [
+            (1, 6, [c for c in range(24) if c not in (0, 1, 2, 6, 7, 8)]),
+            (2, 12, [c for c in range(24) if c % 6 >= 3]),
+        ]:
+            assert torch.equal(tokens[b, : 1 + v], fixed[b, : 1 + v])
+            assert mask[b, 1 + v :].sum() == 0
+            d = torch.cdist(tokens[b, 1 + v :], cells[b][invalid]).min(1).values
             assert d.max() < 1e-9
     assert len(orders) > 1
 

@@ -102,9 +102,18 @@ def test_empty_load_path_warns_about_random_init(caplog):
 def _hf_vilt(for_mlm: bool):
     from transformers import ViltConfig, ViltForMaskedLM, ViltModel
 
-    cfg = ViltConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                     image_size=64, patch_size=16, max_position_embeddings=10, vocab_size=50,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = ViltConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=64,
+        patch_size=16,
+        max_position_embeddings=10,
+        vocab_size=50,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(2)
     return (ViltForMaskedLM if for_mlm else ViltModel)(cfg).eval()
 
@@ -136,8 +145,9 @@ def test_hf_vilt_weights_give_the_hf_model_outputs(tmp_path, layout):
     vilt = (hf.vilt if layout == "bin_mlm" else hf).double()
     with torch.no_grad():
         ours = model(dict(batch, image=[batch["image"][0].double()]), prune=False)
-        theirs = vilt(input_ids=batch["text_ids"], attention_mask=batch["text_masks"],
-                      pixel_values=batch["image"][0].double())
+        theirs = vilt(
+            input_ids=batch["text_ids"], attention_mask=batch["text_masks"], pixel_values=batch["image"][0].double()
+        )
     # HF uses one LayerNorm eps (1e-12) everywhere, the official ViT 1e-6: agreement to ~1e-6
     assert torch.allclose(ours["cls_feats"], theirs.pooler_output, atol=1e-4)
     T = batch["text_ids"].shape[1]

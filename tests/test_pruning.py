@@ -15,18 +15,40 @@ from mdpl.settings import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = dict(hidden_size=32, num_heads=4, num_layers=4, image_size=64, patch_size=16, max_text_len=10, vocab_size=50,
-             gen_prompt_length=3, shared_prompt_length=2, mem_size=6, top_k=3, prompt_length=4, drop_rate=0.0,
-             patch_order="fixed", gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], prompt_layers=[0, 1])
+SMALL = dict(
+    hidden_size=32,
+    num_heads=4,
+    num_layers=4,
+    image_size=64,
+    patch_size=16,
+    max_text_len=10,
+    vocab_size=50,
+    gen_prompt_length=3,
+    shared_prompt_length=2,
+    mem_size=6,
+    top_k=3,
+    prompt_length=4,
+    drop_rate=0.0,
+    patch_order="fixed",
+    gen_prompt_layers=[0, 1],
+    shared_prompt_layers=[0, 1],
+    prompt_layers=[0, 1],
+)
 TASKS = ("food101", "mmimdb", "hatememes")
 TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-4, 1e-4)}  # (relative, absolute)
 # (gen_prompt_layers, shared_prompt_layers): memory queries ending early, at the last layer, never
-MDPL_LAYERS = {"early": ([0, 1], [0, 1]), "late": ([0, 3], [1, 3]), "last_only": ([3], []),
-               "shared_only": ([], [0, 1]), "none": ([], [])}
+MDPL_LAYERS = {
+    "early": ([0, 1], [0, 1]),
+    "late": ([0, 3], [1, 3]),
+    "last_only": ([3], []),
+    "shared_only": ([], [0, 1]),
+    "none": ([], []),
+}
 
 
-def build(task: str, method: str = "mdpl", dtype: torch.dtype = torch.float64, seed: int = 0,
-          **updates) -> tuple[dict, PromptedViLT]:
+def build(
+    task: str, method: str = "mdpl", dtype: torch.dtype = torch.float64, seed: int = 0, **updates
+) -> tuple[dict, PromptedViLT]:
     named = f"task_finetune_{task}" + ("_map" if method == "map" else "")
     config = make_config(named, **{**SMALL, "prompt_method": method, **updates})
     torch.manual_seed(seed)
@@ -63,8 +85,9 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str
     assert diff <= abs_ + rel * float(b.abs().max()), f"{what}: pruned differs from unpruned by {diff}"
 
 
-def check(task: str, method: str, dtype: torch.dtype, batch_size: int = 4, permute_image: bool = False,
-          **updates) -> PromptedViLT:
+def check(
+    task: str, method: str, dtype: torch.dtype, batch_size: int = 4, permute_image: bool = False, **updates
+) -> PromptedViLT:
     config, model = build(task, method, dtype, **updates)
     batch = padded_batch(config, dtype, batch_size, task)
     if permute_image:  # real image patches scattered over the sequence (not a prefix), as a mask may have them
@@ -102,8 +125,15 @@ def test_mdpl_pruned_matches_unpruned(task, layers, masked_query, dtype):
     check(task, "mdpl", dtype, gen_prompt_layers=gen, shared_prompt_layers=shared, masked_query=masked_query)
 
 
-@pytest.mark.parametrize("task,layers,masked_query", [("food101", "early", False), ("mmimdb", "late", False),
-                                                       ("hatememes", "last_only", True), ("food101", "none", False)])
+@pytest.mark.parametrize(
+    "task,layers,masked_query",
+    [
+        ("food101", "early", False),
+        ("mmimdb", "late", False),
+        ("hatememes", "last_only", True),
+        ("food101", "none", False),
+    ],
+)
 def test_pruned_matches_the_float64_reference(task, layers, masked_query):
     """Pruned logits and trainable gradients against the slow independent reference (mdpl/reference.py)."""
     gen, shared = MDPL_LAYERS[layers]
@@ -140,12 +170,16 @@ def test_plain_vilt_pruned_matches_unpruned(task, dtype):
     check(task, "none", dtype)
 
 
-@pytest.mark.parametrize("method,updates", [
-    ("mdpl", dict(gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])),
-    ("mdpl", dict(gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], masked_query=True)),
-    ("map", dict(prompt_type="input", prompt_layers=[0, 2])),
-    ("none", {}),
-], ids=["mdpl", "mdpl_masked_query", "map", "none"])
+@pytest.mark.parametrize(
+    "method,updates",
+    [
+        ("mdpl", dict(gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])),
+        ("mdpl", dict(gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], masked_query=True)),
+        ("map", dict(prompt_type="input", prompt_layers=[0, 2])),
+        ("none", {}),
+    ],
+    ids=["mdpl", "mdpl_masked_query", "map", "none"],
+)
 def test_scattered_real_image_patches(method, updates):
     """Real patches anywhere in the image sequence: each sample's are gathered to the front."""
     check("food101", method, torch.float64, permute_image=True, **updates)
@@ -157,9 +191,15 @@ def test_the_sequences_really_shrink():
     _, model = build("food101", gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])
     batch = padded_batch(make_config("task_finetune_food101", **SMALL), torch.float64)
     seen = []
-    hooks = [b.register_forward_hook(lambda m, args, kwargs, out: seen.append(
-        (args[0].shape[1], out.shape[1], None if kwargs.get("keys") is None else kwargs["keys"][0].shape[1])),
-        with_kwargs=True) for b in model.transformer.blocks]
+    hooks = [
+        b.register_forward_hook(
+            lambda m, args, kwargs, out: seen.append(
+                (args[0].shape[1], out.shape[1], None if kwargs.get("keys") is None else kwargs["keys"][0].shape[1])
+            ),
+            with_kwargs=True,
+        )
+        for b in model.transformer.blocks
+    ]
     out = model(batch)
     for h in hooks:
         h.remove()

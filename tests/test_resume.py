@@ -43,7 +43,8 @@ CASES = {
 
 @pytest.mark.parametrize("task", sorted(CASES))
 def test_resume_from_a_checkpoint_inside_an_epoch_ends_like_an_uninterrupted_run(
-        task, tmp_path, monkeypatch, make_arrows, tiny_config, read_metrics):
+    task, tmp_path, monkeypatch, make_arrows, tiny_config, read_metrics
+):
     interval, kill_at, inside = CASES[task]
     data = make_arrows(tmp_path / "data", task)
     # dropout on and random patch order: the continuation must draw the same random numbers
@@ -152,8 +153,16 @@ def test_concurrent_runs_of_one_exp_name_get_their_own_version_folders(tmp_path,
     data = make_arrows(tmp_path / "data", "food101", samples=12)
     config = tiny_config("food101", data, tmp_path, max_epoch=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(config)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs
     [run] = (tmp_path / "result").iterdir()
@@ -164,6 +173,7 @@ def test_concurrent_runs_of_one_exp_name_get_their_own_version_folders(tmp_path,
         assert (folder / "hparams.yaml").is_file() and (folder / "metrics.csv").is_file()
         assert (folder / "checkpoints" / "last.ckpt").is_file()
     # each process reported its own folder
-    reported = sorted(line.split()[-1] for out in outputs for line in out.splitlines()
-                      if line.startswith("run folder:"))
+    reported = sorted(
+        line.split()[-1] for out in outputs for line in out.splitlines() if line.startswith("run folder:")
+    )
     assert [Path(r).name for r in reported] == versions

@@ -16,20 +16,32 @@ SAME_MODEL = dict(learning_rate=0.0, max_epoch=1)
 
 def _run(repo: Path, tiny: dict, data: Path, out: Path, processes: int) -> Path:
     """`python run.py with ...` (Lightning relaunches run.py for the second process)."""
-    updates = {**tiny, **SAME_MODEL, "data_root": str(data), "log_dir": str(out / "result"),
-               "records_root": str(out / "records"), "missing_table_root": str(out / "tables") + "/",
-               "cpu_processes": processes}
+    updates = {
+        **tiny,
+        **SAME_MODEL,
+        "data_root": str(data),
+        "log_dir": str(out / "result"),
+        "records_root": str(out / "records"),
+        "missing_table_root": str(out / "tables") + "/",
+        "cpu_processes": processes,
+    }
     args = [f"{k}={v!r}" for k, v in updates.items()]
-    proc = subprocess.run([sys.executable, "run.py", "with", "task_finetune_food101", *args], cwd=repo,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "run.py", "with", "task_finetune_food101", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     [run] = (out / "result").iterdir()
     return run / "version_0"
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_validation_metrics(tmp_path, repo, tiny_updates, make_arrows, tiny_config,
-                                                        read_metrics, last_value):
+def test_two_processes_give_the_same_validation_metrics(
+    tmp_path, repo, tiny_updates, make_arrows, tiny_config, read_metrics, last_value
+):
     # 40 samples -> 28 train, 6 val, 6 test: divisible by 2, so the DistributedSampler adds no duplicates
     data = make_arrows(tmp_path / "data", "food101", samples=40)
     main(tiny_config("food101", data, tmp_path / "one", **SAME_MODEL))

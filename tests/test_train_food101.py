@@ -45,8 +45,16 @@ def test_fine_tune_logs_and_checkpoints(trained, read_metrics, last_value):
 
 def test_test_only_logs_test_metrics_and_appends_records(trained, data, tmp_path, tiny_config, read_metrics):
     ckpt = str(trained / "checkpoints" / "last.ckpt")
-    cfg = tiny_config("food101", data, tmp_path, test_only=True, load_path=ckpt, test_ratio=0.5,
-                      test_type="both", test_exp_name="tiny")
+    cfg = tiny_config(
+        "food101",
+        data,
+        tmp_path,
+        test_only=True,
+        load_path=ckpt,
+        test_ratio=0.5,
+        test_type="both",
+        test_exp_name="tiny",
+    )
     [metrics] = main(cfg)
     assert set(metrics) == {"food101/test/loss", "food101/test/accuracy", "test/the_metric"}
     record = tmp_path / "records" / "food101" / "food101_tiny_on_missing_both"
@@ -82,8 +90,15 @@ def test_sweep_writes_csv_markdown_and_plot(trained, second_run, data, tmp_path,
     ckpt, other = str(trained / "checkpoints" / "last.ckpt"), str(second_run / "checkpoints" / "last.ckpt")
     with pytest.raises(ValueError, match="same checkpoint more than once"):
         sweep(tiny_config("food101", data, tmp_path / "dup", sweep_paths=[ckpt, ckpt], sweep_ratios=[0.0]))
-    cfg = tiny_config("food101", data, tmp_path, sweep_paths=[ckpt, other], sweep_types=["text", "image"],
-                      sweep_ratios=[0.0, 1.0], hidden_size=768)  # hidden_size comes from the checkpoint
+    cfg = tiny_config(
+        "food101",
+        data,
+        tmp_path,
+        sweep_paths=[ckpt, other],
+        sweep_types=["text", "image"],
+        sweep_ratios=[0.0, 1.0],
+        hidden_size=768,
+    )  # hidden_size comes from the checkpoint
     out = sweep(cfg)
     assert out == tmp_path / "result" / "finetune_food101_both111_seed42_sweep" / "version_0"
     rows = (out / "sweep.csv").read_text().splitlines()
@@ -113,8 +128,10 @@ def test_series_names_are_the_method_plus_a_distinguishing_path_suffix_when_meth
     with pytest.raises(ValueError, match="same checkpoint more than once"):
         series_names([run_a, run_a], ["mdpl", "mdpl"])
     with pytest.raises(ValueError, match="same checkpoint more than once"):  # the same file by another path
-        series_names([run_a, str(tmp_path / "runA" / "version_0" / ".." / "version_0" / "checkpoints" / "last.ckpt")],
-                     ["mdpl", "mdpl"])
+        series_names(
+            [run_a, str(tmp_path / "runA" / "version_0" / ".." / "version_0" / "checkpoints" / "last.ckpt")],
+            ["mdpl", "mdpl"],
+        )
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, tiny_config):
@@ -176,8 +193,9 @@ def test_precision_16_on_cpu_warns_and_runs_32():
     from mdpl.train import precision
 
     def settings(value):
-        return Settings.from_config(make_config("task_finetune_food101", per_gpu_batchsize=4, num_gpus=0,
-                                                cpu_processes=1, precision=value))
+        return Settings.from_config(
+            make_config("task_finetune_food101", per_gpu_batchsize=4, num_gpus=0, cpu_processes=1, precision=value)
+        )
 
     with pytest.warns(UserWarning, match="precision=16 needs a GPU"):
         assert precision(settings(16)) == "32-true"

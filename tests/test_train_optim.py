@@ -63,11 +63,17 @@ def test_param_groups_follow_official_name_rules():
     decay, decay_head, no_decay, no_decay_head = groups
     assert _names(model, decay) == ["pooler.weight", "shared_missing_t.0"]
     # the head LayerNorm weight "...classifier.1.weight" does not match the no-decay names: decayed
-    assert _names(model, decay_head) == ["food101_classifier.0.weight", "food101_classifier.1.weight",
-                                         "food101_classifier.3.weight"]
+    assert _names(model, decay_head) == [
+        "food101_classifier.0.weight",
+        "food101_classifier.1.weight",
+        "food101_classifier.3.weight",
+    ]
     assert _names(model, no_decay) == ["pooler.bias"]
-    assert _names(model, no_decay_head) == ["food101_classifier.0.bias", "food101_classifier.1.bias",
-                                            "food101_classifier.3.bias"]
+    assert _names(model, no_decay_head) == [
+        "food101_classifier.0.bias",
+        "food101_classifier.1.bias",
+        "food101_classifier.3.bias",
+    ]
     assert [g["weight_decay"] for g in groups] == [0.02, 0.02, 0.0, 0.0]
     assert [g["lr"] for g in groups] == [1e-3, 1e-2, 1e-3, 1e-2]
     # frozen backbone parameters are in no group

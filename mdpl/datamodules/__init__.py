@@ -29,8 +29,9 @@ def usable_workers(requested: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if requested > cpus:
         if requested not in _REDUCED:
-            print(f"num_workers={requested} reduced to {cpus}: this machine has {cpus} CPUs for this process",
-                  flush=True)
+            print(
+                f"num_workers={requested} reduced to {cpus}: this machine has {cpus} CPUs for this process", flush=True
+            )
             _REDUCED.add(requested)
         return cpus
     return requested
@@ -63,7 +64,7 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        return iter(indices[self.skip_batches * self.batch_size:])
+        return iter(indices[self.skip_batches * self.batch_size :])
 
 
 class ResumableLoader(DataLoader):
@@ -86,18 +87,26 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict:
         s = self.sampler
-        return {"epoch": s.epoch, "batches": self.progress() if self.progress is not None else 0, "seed": s.seed,
-                "num_replicas": s.num_replicas, "samples": len(s.dataset), "batch_size": s.batch_size}
+        return {
+            "epoch": s.epoch,
+            "batches": self.progress() if self.progress is not None else 0,
+            "seed": s.seed,
+            "num_replicas": s.num_replicas,
+            "samples": len(s.dataset),
+            "batch_size": s.batch_size,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         s = self.sampler
         saved = {k: state.get(k) for k in ("seed", "num_replicas", "samples", "batch_size")}
         now = {"seed": s.seed, "num_replicas": s.num_replicas, "samples": len(s.dataset), "batch_size": s.batch_size}
         if saved != now:  # Lightning counts the saved number of batches as done: skip as many, in another order
-            warnings.warn(f"resume_from: the checkpoint's train loader ({saved}) differs from this run's ({now}): the "
-                          "rest of the epoch is drawn in another order, so the run is not the one interrupted "
-                          "(resume with its seed, data, per_gpu_batchsize and devices to continue it exactly)",
-                          stacklevel=2)
+            warnings.warn(
+                f"resume_from: the checkpoint's train loader ({saved}) differs from this run's ({now}): the "
+                "rest of the epoch is drawn in another order, so the run is not the one interrupted "
+                "(resume with its seed, data, per_gpu_batchsize and devices to continue it exactly)",
+                stacklevel=2,
+            )
         epoch, batches = int(state["epoch"]), int(state["batches"])
         if batches >= len(self):  # saved by the validation at the end of the epoch: the next one starts afresh
             epoch, batches = epoch + 1, 0
@@ -153,8 +162,13 @@ class MissingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         trainer = self.trainer
         replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = EpochSampler(self.datasets["train"], self.settings.data.seed, self.settings.data.per_gpu_batchsize,
-                               num_replicas=replicas, rank=rank)
+        sampler = EpochSampler(
+            self.datasets["train"],
+            self.settings.data.seed,
+            self.settings.data.per_gpu_batchsize,
+            num_replicas=replicas,
+            rank=rank,
+        )
         progress = None
         if trainer is not None:
 
@@ -201,5 +215,12 @@ def build_test_loader(settings: Settings, ratio: float, missing_type: str) -> Da
     return dm.test_dataloader()
 
 
-__all__ = ["Collator", "EpochSampler", "MissingDataModule", "ResumableLoader", "build_collator", "build_datamodule",
-           "build_test_loader"]
+__all__ = [
+    "Collator",
+    "EpochSampler",
+    "MissingDataModule",
+    "ResumableLoader",
+    "build_collator",
+    "build_datamodule",
+    "build_test_loader",
+]

@@ -42,8 +42,9 @@ class Collator:
         h = max(v.shape[1] for view in views for v in view)  # one canvas size for all keys, as officially
         w = max(v.shape[2] for view in views for v in view)
         texts = [it["text"] for it in items]
-        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_text_len,
-                             return_tensors="pt")
+        enc = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=self.max_text_len, return_tensors="pt"
+        )
         return {
             "image": [pad_images(list(view), h, w) for view in views],  # uint8; see normalize_pixels
             "image_hw": torch.tensor([list(it["image"][0].shape[1:]) for it in items], dtype=torch.long),

@@ -51,13 +51,17 @@ def check_labels(settings: Settings, table: pa.Table, split: str, dataset: str) 
         lengths = pc.list_value_length(labels)
         widths = sorted({w for w in (pc.min(lengths).as_py(), pc.max(lengths).as_py()) if w is not None})
         if widths and widths != [n]:
-            raise ConfigError(f"config {key}={n}: {str(path)!r} holds multi-hot labels of {widths[-1]} classes "
-                              f"(width {' to '.join(map(str, widths))}); set {key}={widths[-1]} or rewrite the file")
+            raise ConfigError(
+                f"config {key}={n}: {str(path)!r} holds multi-hot labels of {widths[-1]} classes "
+                f"(width {' to '.join(map(str, widths))}); set {key}={widths[-1]} or rewrite the file"
+            )
         return
     largest = pc.max(labels).as_py()
     if largest is not None and largest >= n:
-        raise ConfigError(f"config {key}={n}: {str(path)!r} holds label {largest} (the largest found); class "
-                          f"indices must be below {key}: set {key}={largest + 1} or more, or rewrite the file")
+        raise ConfigError(
+            f"config {key}={n}: {str(path)!r} holds label {largest} (the largest found); class "
+            f"indices must be below {key}: set {key}={largest + 1} or more, or rewrite the file"
+        )
 
 
 def check_data(settings: Settings, nonempty: tuple[str, ...] = ("train", "val")) -> None:
@@ -68,10 +72,15 @@ def check_data(settings: Settings, nonempty: tuple[str, ...] = ("train", "val"))
         for split in SPLITS:
             table = _arrow(settings, split, dataset)
             if split in nonempty and table.num_rows == 0:
-                use = {"train": "nothing to train on", "val": "no val/the_metric, so no best checkpoint could be kept",
-                       "test": "nothing to evaluate"}[split]
-                raise ValueError(f"{str(_arrow_path(settings, split, dataset))!r}: the {split} split has no samples "
-                                 f"({use}); re-run make_arrow with a non-empty {split} split")
+                use = {
+                    "train": "nothing to train on",
+                    "val": "no val/the_metric, so no best checkpoint could be kept",
+                    "test": "nothing to evaluate",
+                }[split]
+                raise ValueError(
+                    f"{str(_arrow_path(settings, split, dataset))!r}: the {split} split has no samples "
+                    f"({use}); re-run make_arrow with a non-empty {split} split"
+                )
             check_labels(settings, table, split, dataset)
 
 
@@ -96,5 +105,15 @@ def build_dataset(settings: Settings, split: str, dataset: str | None = None) ->
     )
 
 
-__all__ = ["SPLITS", "ArrowDataset", "build_dataset", "check_data", "check_labels", "draw_table",
-           "load_or_create", "missing_table", "read_arrow", "table_path"]
+__all__ = [
+    "SPLITS",
+    "ArrowDataset",
+    "build_dataset",
+    "check_data",
+    "check_labels",
+    "draw_table",
+    "load_or_create",
+    "missing_table",
+    "read_arrow",
+    "table_path",
+]

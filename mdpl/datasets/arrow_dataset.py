@@ -54,7 +54,8 @@ class ArrowDataset(Dataset):
 
     Index j runs row-major over (row, text) pairs: one sample per text of a row (MM-IMDb: one per plot,
     all sharing the row's image, label and missing code); one_text keeps only each row's first text.
-    A missing text becomes ""; a missing image becomes views of MISSING_PIXEL (all ones after normalisation) in the transformed shapes.
+    A missing text becomes ""; a missing image becomes views of MISSING_PIXEL (all ones after normalisation)
+    in the transformed shapes.
     """
 
     def __init__(
@@ -75,9 +76,7 @@ class ArrowDataset(Dataset):
         if absent:
             raise ValueError(f"{self.source}: no column {absent} (found {table.column_names}); re-run make_arrow")
         if len(missing) != table.num_rows:
-            raise ValueError(
-                f"{self.source}: missing table has {len(missing)} rows, the arrow table {table.num_rows}"
-            )
+            raise ValueError(f"{self.source}: missing table has {len(missing)} rows, the arrow table {table.num_rows}")
         self.images = table.column("image")  # stays memory-mapped
         self.texts: list[list[str]] = table.column(text_column).to_pylist()
         labels = table.column("label").to_pylist()
@@ -110,8 +109,9 @@ class ArrowDataset(Dataset):
                 "re-run make_arrow, which checks every image"
             ) from e
         if code == 2 and not self.decode_missing:
-            views = [torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8)
-                     for t in self.transforms]
+            views = [
+                torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8) for t in self.transforms
+            ]
         else:
             views = [t(img) for t in self.transforms]
             if code == 2:

@@ -110,8 +110,14 @@ def _load(path: Path, n: int) -> torch.Tensor:
 
 
 def load_or_create(
-    root: str | Path, arrow_name: str, n: int, ratio: float, missing_type: str, both_ratio: float,
-    draw: str = "official", seed: int = 0,
+    root: str | Path,
+    arrow_name: str,
+    n: int,
+    ratio: float,
+    missing_type: str,
+    both_ratio: float,
+    draw: str = "official",
+    seed: int = 0,
 ) -> torch.Tensor:
     """The table for `arrow_name` (n rows): loaded if its file exists, else drawn and saved atomically.
 

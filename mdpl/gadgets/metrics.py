@@ -93,10 +93,12 @@ class TaskMetrics(nn.Module):
         super().__init__()
         self.tasks = list(num_classes)
         # keys "{phase}_metrics": a plain "train" key would clash with nn.Module.train
-        self.phases = nn.ModuleDict({
-            f"{p}_metrics": nn.ModuleDict({t: _task_metrics(t, n) for t, n in num_classes.items()})
-            for p in ("train", "val", "test")
-        })
+        self.phases = nn.ModuleDict(
+            {
+                f"{p}_metrics": nn.ModuleDict({t: _task_metrics(t, n) for t, n in num_classes.items()})
+                for p in ("train", "val", "test")
+            }
+        )
 
     def update(self, phase: str, output: dict) -> None:
         for task, metrics in self.phases[f"{phase}_metrics"].items():
@@ -118,7 +120,7 @@ class TaskMetrics(nn.Module):
         for task, metrics in self.phases[f"{phase}_metrics"].items():
             for name, metric in metrics.items():
                 value = metric.compute()
-                for key, v in (value.items() if isinstance(value, dict) else [(name, value)]):
+                for key, v in value.items() if isinstance(value, dict) else [(name, value)]:
                     values[f"{task}/{phase}/{key}"] = v.float()
             the_metric = the_metric + values[f"{task}/{phase}/{TASKS[task].the_metric}"]
         values[f"{phase}/the_metric"] = the_metric

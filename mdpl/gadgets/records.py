@@ -18,8 +18,9 @@ def records_path(settings: Settings, task: str) -> str:
 
 def records_line(settings: Settings, task: str, values: dict[str, float], phase: str = "test") -> str:
     """'missing ratio: r, <label>: <value x 100, 2 decimals>, ...' for one task; r is the ratio used."""
-    body = ", ".join(f"{label}: {values[f'{task}/{phase}/{name}'] * 100:.2f}"
-                     for label, name in TASKS[task].records_format)
+    body = ", ".join(
+        f"{label}: {values[f'{task}/{phase}/{name}'] * 100:.2f}" for label, name in TASKS[task].records_format
+    )
     return f"missing ratio: {settings.data.missing_ratio['test']}, {body}"
 
 
@@ -38,7 +39,7 @@ def append_line_locked(path: str | os.PathLike, line: str) -> None:
         if size and os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)  # releases the lock

@@ -32,8 +32,9 @@ def create_model(settings: Settings) -> PromptedViLT:
     return model
 
 
-def model_for_checkpoint(path: str, config: dict, command_line: set[str] = frozenset(), what: str = "load_path",
-                         trust: bool = False) -> tuple[Settings, PromptedViLT]:
+def model_for_checkpoint(
+    path: str, config: dict, command_line: set[str] = frozenset(), what: str = "load_path", trust: bool = False
+) -> tuple[Settings, PromptedViLT]:
     """(settings with the checkpoint's model config, the model with its weights) for evaluating `path`.
 
     Model keys come from the checkpoint (official checkpoints, which store none, from `config` with their

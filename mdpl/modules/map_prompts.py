@@ -28,8 +28,15 @@ _INIT_ROWS = (0, 2, 1)
 
 
 class MAPPrompts(nn.Module):
-    def __init__(self, dim: int, layers: tuple[int, ...], length: int, prompt_type: str = "input",
-                 learnt_p: bool = True, multi_layer_prompt: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        layers: tuple[int, ...],
+        length: int,
+        prompt_type: str = "input",
+        learnt_p: bool = True,
+        multi_layer_prompt: bool = True,
+    ) -> None:
         super().__init__()
         self.layers, self.prompt_type = tuple(layers), prompt_type
         self.learnt_p, self.multi_layer = learnt_p, multi_layer_prompt
@@ -48,8 +55,16 @@ class MAPPrompts(nn.Module):
         bank = torch.stack([getattr(self, name) for name in PROMPT_NAMES])  # (3, n, L, D)
         return bank[missing_type.long()]
 
-    def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
+    def forward(
+        self,
+        blocks: nn.ModuleList,
+        text: Tensor,
+        text_masks: Tensor,
+        image: Tensor,
+        image_masks: Tensor,
+        missing_type: Tensor,
+        prune: bool = False,
+    ) -> tuple[Tensor, int, int | None]:
         """Returns (x, start of the text tokens = index of the text [CLS], start of the image tokens).
 
         prune=True (exact up to float rounding): nothing reads a pad row (pads are masked keys and there is

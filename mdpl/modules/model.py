@@ -32,11 +32,21 @@ BACKBONE = ("text_embeddings", "token_type_embeddings", "transformer")  # always
 def build_prompts(cfg: ModelConfig) -> nn.Module:
     D = cfg.hidden_size
     if cfg.prompt_method == "mdpl":
-        return MDPLPrompts(D, cfg.gen_prompt_layers, cfg.shared_prompt_layers, cfg.gen_prompt_length,
-                           cfg.shared_prompt_length, cfg.mem_size, cfg.top_k, cfg.masked_query, cfg.fp32_similarity)
+        return MDPLPrompts(
+            D,
+            cfg.gen_prompt_layers,
+            cfg.shared_prompt_layers,
+            cfg.gen_prompt_length,
+            cfg.shared_prompt_length,
+            cfg.mem_size,
+            cfg.top_k,
+            cfg.masked_query,
+            cfg.fp32_similarity,
+        )
     if cfg.prompt_method == "map":
-        return MAPPrompts(D, cfg.prompt_layers, cfg.prompt_length, cfg.prompt_type, cfg.learnt_p,
-                          cfg.multi_layer_prompt)
+        return MAPPrompts(
+            D, cfg.prompt_layers, cfg.prompt_length, cfg.prompt_type, cfg.learnt_p, cfg.multi_layer_prompt
+        )
     return NoPrompts()
 
 
@@ -62,8 +72,9 @@ class PromptedViLT(nn.Module):
         self.text_embeddings.apply(init_weights)
         self.token_type_embeddings = nn.Embedding(2, D)
         self.token_type_embeddings.apply(init_weights)
-        self.transformer = VisionTransformer(cfg.image_size, cfg.patch_size, D, cfg.num_layers, cfg.num_heads,
-                                             cfg.mlp_ratio, cfg.drop_rate)
+        self.transformer = VisionTransformer(
+            cfg.image_size, cfg.patch_size, D, cfg.num_layers, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate
+        )
         self.pooler = Pooler(D)
         self.pooler.apply(init_weights)
         for task in cfg.tasks:
@@ -96,13 +107,17 @@ class PromptedViLT(nn.Module):
         prune = self.prune if prune is None else prune
         text, text_masks, image, image_masks = self.embed(batch)
         missing_type = torch.as_tensor(batch["missing_type"], device=text.device).long()
-        x, text_start, image_start = self.prompts(self.transformer.blocks, text, text_masks, image, image_masks,
-                                                  missing_type, prune=prune)
+        x, text_start, image_start = self.prompts(
+            self.transformer.blocks, text, text_masks, image, image_masks, missing_type, prune=prune
+        )
         x = self.transformer.norm(x)  # pruned: x is the text [CLS] row alone (B x 1 x D, text_start 0)
         out = {"cls_feats": self.pooler(x[:, text_start]), "text_masks": text_masks, "image_masks": image_masks}
         if not prune:
-            out.update(raw_cls_feats=x[:, 0], text_feats=x[:, text_start:text_start + text.shape[1]],
-                       image_feats=x[:, image_start:])
+            out.update(
+                raw_cls_feats=x[:, 0],
+                text_feats=x[:, text_start : text_start + text.shape[1]],
+                image_feats=x[:, image_start:],
+            )
         for task in self.cfg.tasks:
             out[f"{task}_logits"] = getattr(self, TASKS[task].head)(out["cls_feats"])
         return out

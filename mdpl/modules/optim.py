@@ -18,8 +18,17 @@ from mdpl.settings import OptimConfig
 from mdpl.tasks import TASKS
 
 # official name fragments: parameters whose name contains one of these get no weight decay ...
-NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight",
-            "norm1.bias", "norm1.weight", "norm2.bias", "norm2.weight")
+NO_DECAY = (
+    "bias",
+    "LayerNorm.bias",
+    "LayerNorm.weight",
+    "norm.bias",
+    "norm.weight",
+    "norm1.bias",
+    "norm1.weight",
+    "norm2.bias",
+    "norm2.weight",
+)
 # ... and these are the heads, trained at lr * lr_mult (the head LN "...classifier.1.weight" is decayed)
 HEAD_NAMES = tuple(t.head for t in TASKS.values())
 
@@ -27,13 +36,19 @@ HEAD_NAMES = tuple(t.head for t in TASKS.values())
 class AdamW(torch.optim.Optimizer):
     """Adam with decoupled weight decay applied after the Adam update (transformers.AdamW, correct_bias=True):
 
-        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
-        p -= lr * sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)
-        p -= lr * wd * p
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+    p -= lr * sqrt(1-b2^t) / (1-b1^t) * m / (sqrt(v) + eps)
+    p -= lr * wd * p
     """
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1) or weight_decay < 0:
             raise ValueError(f"AdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))

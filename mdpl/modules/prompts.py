@@ -67,8 +67,9 @@ def check_missing_type(missing_type: Tensor) -> None:
         raise ValueError(f"missing_type codes must be 0, 1 or 2, got {missing_type[bad].tolist()}")
 
 
-def shared_prompts(a_t: Tensor, a_v: Tensor, f_text: nn.Module, f_image: nn.Module,
-                   missing_type: Tensor) -> tuple[Tensor, Tensor]:
+def shared_prompts(
+    a_t: Tensor, a_v: Tensor, f_text: nn.Module, f_image: nn.Module, missing_type: Tensor
+) -> tuple[Tensor, Tensor]:
     """The shared prompts chosen by missing type, batched: base 0 -> A_t + A_v, 1 (text missing) -> A_t,
     2 (image missing) -> A_v; each of the three bases goes through the bottlenecks once, then samples
     gather theirs. Returns (S_t, S_v), each B x L x D. Codes must be valid (see check_missing_type)."""
@@ -100,7 +101,7 @@ class Side:
         if shared is not None and generative is not None:
             parts = [shared, generative, old]
         elif generative is not None:
-            parts = [old[:, :self.shared], generative, old[:, self.shared:]]
+            parts = [old[:, : self.shared], generative, old[:, self.shared :]]
         else:
             parts = [shared, old]
         self.prompts = torch.cat(parts, dim=1)
@@ -128,29 +129,50 @@ class MDPLPrompts(nn.Module):
     """Generative prompts from prompt memories queried by the hidden states, and shared prompts chosen by
     missing type through text/image bottlenecks, inserted on the text and the image side of the sequence."""
 
-    def __init__(self, dim: int, gen_layers: tuple[int, ...], shared_layers: tuple[int, ...], gen_length: int,
-                 shared_length: int, mem_size: int, top_k: int, masked_query: bool = False,
-                 fp32_similarity: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        gen_layers: tuple[int, ...],
+        shared_layers: tuple[int, ...],
+        gen_length: int,
+        shared_length: int,
+        mem_size: int,
+        top_k: int,
+        masked_query: bool = False,
+        fp32_similarity: bool = False,
+    ) -> None:
         super().__init__()
         self.gen_layers, self.shared_layers = tuple(gen_layers), tuple(shared_layers)
         self.masked_query = masked_query
         # init order of the official code: image memories, text memories, shared t, shared v, bottlenecks
         self.gen_v_prompt_memory = nn.ModuleList(
-            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers])
+            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers]
+        )
         self.gen_t_prompt_memory = nn.ModuleList(
-            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers])
+            [PromptMemory(mem_size, gen_length, dim, top_k, fp32_similarity) for _ in gen_layers]
+        )
         self.shared_missing_t = nn.ParameterList(
-            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers])
+            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers]
+        )
         self.shared_missing_v = nn.ParameterList(
-            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers])
+            [nn.Parameter(torch.randn(shared_length, dim) * 0.02) for _ in shared_layers]
+        )
         width = dim // 16  # official: hidden_size // 16 (the bottleneck_dim key is unused)
         self.bottleneck_texts = nn.ModuleList([Bottleneck(dim, width) for _ in shared_layers])
         self.bottleneck_images = nn.ModuleList([Bottleneck(dim, width) for _ in shared_layers])
         self.bottleneck_images.apply(init_weights)
         self.bottleneck_texts.apply(init_weights)
 
-    def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
+    def forward(
+        self,
+        blocks: nn.ModuleList,
+        text: Tensor,
+        text_masks: Tensor,
+        image: Tensor,
+        image_masks: Tensor,
+        missing_type: Tensor,
+        prune: bool = False,
+    ) -> tuple[Tensor, int, int | None]:
         """Run `blocks` over [text-side prompts | text | image-side prompts | image]; returns (x, start of the
         text tokens = index of the text [CLS], start of the image tokens).
 
@@ -178,15 +200,21 @@ class MDPLPrompts(nn.Module):
             if g is not None or s is not None or layer == drop_at:
                 # the hidden states before this layer's insertion (the embeddings at layer 0)
                 t.prompts, t.tokens, v.prompts, v.tokens = x.split(
-                    [t.prompts.shape[1], t.tokens.shape[1], v.prompts.shape[1], v.tokens.shape[1]], dim=1)
+                    [t.prompts.shape[1], t.tokens.shape[1], v.prompts.shape[1], v.tokens.shape[1]], dim=1
+                )
                 if g is not None or s is not None:
                     p_t = p_v = s_t = s_v = None
                     if g is not None:
                         p_t = self.gen_t_prompt_memory[g](max_query(t.tokens, t.mask, self.masked_query)).to(x.dtype)
                         p_v = self.gen_v_prompt_memory[g](max_query(v.tokens, v.mask, self.masked_query)).to(x.dtype)
                     if s is not None:
-                        s_t, s_v = shared_prompts(self.shared_missing_t[s], self.shared_missing_v[s],
-                                                  self.bottleneck_texts[s], self.bottleneck_images[s], missing_type)
+                        s_t, s_v = shared_prompts(
+                            self.shared_missing_t[s],
+                            self.shared_missing_v[s],
+                            self.bottleneck_texts[s],
+                            self.bottleneck_images[s],
+                            missing_type,
+                        )
                         s_t, s_v = s_t.to(x.dtype), s_v.to(x.dtype)
                     t.insert(s_t, p_t)
                     v.insert(s_v, p_v)
@@ -210,8 +238,16 @@ class MDPLPrompts(nn.Module):
 class NoPrompts(nn.Module):
     """Plain frozen ViLT: the blocks over [text | image], no prompts."""
 
-    def forward(self, blocks: nn.ModuleList, text: Tensor, text_masks: Tensor, image: Tensor, image_masks: Tensor,
-                missing_type: Tensor, prune: bool = False) -> tuple[Tensor, int, int | None]:
+    def forward(
+        self,
+        blocks: nn.ModuleList,
+        text: Tensor,
+        text_masks: Tensor,
+        image: Tensor,
+        image_masks: Tensor,
+        missing_type: Tensor,
+        prune: bool = False,
+    ) -> tuple[Tensor, int, int | None]:
         """prune=True: nothing reads pad rows, so they are dropped before block 0, and the last block computes
         the text [CLS] row only; returns (x B x 1 x D, 0, None). See MDPLPrompts.forward."""
         if prune:

@@ -31,8 +31,11 @@ def _to_cpu(value):
 def _rng_states() -> dict:
     """Python, NumPy, torch CPU and (when in use) CUDA RNG states as tensors and plain containers."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
-              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+    states = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state()
     return states
@@ -80,8 +83,13 @@ class TaskModule(pl.LightningModule):
         bad = ~torch.isfinite(loss.detach())
         if self._first_bad is None:
             self._first_bad = torch.full((3,), -1.0, device=loss.device)
-        note = torch.stack([loss.detach().float(), loss.new_tensor(self.current_epoch, dtype=torch.float),
-                            loss.new_tensor(self.global_step, dtype=torch.float)])
+        note = torch.stack(
+            [
+                loss.detach().float(),
+                loss.new_tensor(self.current_epoch, dtype=torch.float),
+                loss.new_tensor(self.global_step, dtype=torch.float),
+            ]
+        )
         self._first_bad = torch.where(bad & (self._first_bad[2] < 0), note, self._first_bad)
         self.log("train/loss", loss, prog_bar=True)
         return loss
@@ -134,11 +142,16 @@ class TaskModule(pl.LightningModule):
         plain containers, so the checkpoint stays loadable with weights_only=True."""
         local = {
             "rng": _rng_states(),
-            "grads": {n: p.grad.detach().cpu().clone() for n, p in self.named_parameters()
-                      if p.requires_grad and p.grad is not None},
+            "grads": {
+                n: p.grad.detach().cpu().clone()
+                for n, p in self.named_parameters()
+                if p.requires_grad and p.grad is not None
+            },
             "train_metrics": {
-                f"{task}/{name}": {**{a: _to_cpu(v) for a, v in metric.metric_state.items()},
-                               "_update_count": metric.update_count}
+                f"{task}/{name}": {
+                    **{a: _to_cpu(v) for a, v in metric.metric_state.items()},
+                    "_update_count": metric.update_count,
+                }
                 for task, metrics in self.task_metrics.phases["train_metrics"].items()
                 for name, metric in metrics.items()
             },
@@ -160,7 +173,8 @@ class TaskModule(pl.LightningModule):
             where = f" at epoch {int(first[1])}, global step {int(first[2])}" if first[2] >= 0 else " elsewhere"
             raise FloatingPointError(
                 f"training loss is {first[0]}{where}: training stopped; the checkpoints saved so far (last.ckpt and "
-                "the best) are kept unchanged. Try a lower learning_rate or precision=32.")
+                "the best) are kept unchanged. Try a lower learning_rate or precision=32."
+            )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")

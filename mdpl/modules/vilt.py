@@ -16,8 +16,15 @@ from torch import Tensor
 class TextEmbeddings(nn.Module):
     """BERT embeddings: dropout(LayerNorm(word + token_type[0] + position))."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, max_position: int, type_vocab: int = 2,
-                 eps: float = 1e-12, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        max_position: int,
+        type_vocab: int = 2,
+        eps: float = 1e-12,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.word_embeddings = nn.Embedding(vocab_size, hidden_size, padding_idx=0)
         self.position_embeddings = nn.Embedding(max_position, hidden_size)
@@ -42,8 +49,14 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, prefix_kv: tuple[Tensor, Tensor] | None = None,
-                keys: tuple[Tensor, Tensor] | None = None, row: int | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        prefix_kv: tuple[Tensor, Tensor] | None = None,
+        keys: tuple[Tensor, Tensor] | None = None,
+        row: int | None = None,
+    ) -> Tensor:
         """x: B x N x D; mask: B x N (1 = attend, 0 = padding key); prefix_kv: unprojected B x P x D
         keys and values put in front of the projected ones, always visible (MAP's attention prompts).
 
@@ -59,7 +72,7 @@ class Attention(nn.Module):
             q, k, v = self.qkv(x).view(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4)
         else:  # the query and key/value projections on different rows: split the fused qkv weight
             w, b = self.qkv.weight, self.qkv.bias
-            xq = x if row is None else x[:, row:row + 1]
+            xq = x if row is None else x[:, row : row + 1]
             if keys is not None:
                 index, mask = keys
                 x = x.gather(1, index[..., None].expand(-1, -1, D))
@@ -97,12 +110,18 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, prefix_kv: tuple[Tensor, Tensor] | None = None,
-                keys: tuple[Tensor, Tensor] | None = None, row: int | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        prefix_kv: tuple[Tensor, Tensor] | None = None,
+        keys: tuple[Tensor, Tensor] | None = None,
+        row: int | None = None,
+    ) -> Tensor:
         """keys / row: see Attention.forward. With row=r only that row's output is computed (B x 1 x D):
         every row still gives keys and values, but the query, projection and MLP run on row r alone."""
         h = self.attn(self.norm1(x), mask, prefix_kv, keys, row)
-        x = (x if row is None else x[:, row:row + 1]) + h
+        x = (x if row is None else x[:, row : row + 1]) + h
         return x + self.mlp(self.norm2(x))
 
 
@@ -142,8 +161,16 @@ class PatchEmbed(nn.Module):
 class VisionTransformer(nn.Module):
     """timm-layout ViT (cls_token, pos_embed, patch_embed.proj, blocks.N, norm) with ViLT's visual_embed."""
 
-    def __init__(self, image_size: int = 384, patch_size: int = 32, dim: int = 768, depth: int = 12,
-                 num_heads: int = 12, mlp_ratio: float = 4.0, drop: float = 0.1) -> None:
+    def __init__(
+        self,
+        image_size: int = 384,
+        patch_size: int = 32,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.1,
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden_size {dim} must be divisible by num_heads {num_heads}")
@@ -175,8 +202,9 @@ class VisionTransformer(nn.Module):
             out[idx, :, :h, :w] = resized.expand(idx.numel(), -1, -1, -1)
         return out
 
-    def visual_embed(self, images: Tensor, max_image_len: int = -1,
-                     patch_order: str = "random") -> tuple[Tensor, Tensor]:
+    def visual_embed(
+        self, images: Tensor, max_image_len: int = -1, patch_order: str = "random"
+    ) -> tuple[Tensor, Tensor]:
         """images: B x 3 x H x W with zero canvas padding -> (tokens B x (1+cap) x D, mask B x (1+cap)).
 
         patch_order "random" keeps the official distribution: a sample with cap valid patches gets them in

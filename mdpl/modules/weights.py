@@ -23,9 +23,15 @@ log = logging.getLogger(__name__)
 BACKBONE_PREFIXES = ("text_embeddings.", "token_type_embeddings.", "transformer.")
 # parameters other prompt methods own: a fine-tuned checkpoint holding them belongs to another run
 FOREIGN_HINTS = {
-    "complete_prompt": "MAP", "missing_text_prompt": "MAP", "missing_img_prompt": "MAP",
-    "gen_t_prompt_memory": "MDPL", "gen_v_prompt_memory": "MDPL", "shared_missing_t": "MDPL",
-    "shared_missing_v": "MDPL", "bottleneck_texts": "MDPL", "bottleneck_images": "MDPL",
+    "complete_prompt": "MAP",
+    "missing_text_prompt": "MAP",
+    "missing_img_prompt": "MAP",
+    "gen_t_prompt_memory": "MDPL",
+    "gen_v_prompt_memory": "MDPL",
+    "shared_missing_t": "MDPL",
+    "shared_missing_v": "MDPL",
+    "bottleneck_texts": "MDPL",
+    "bottleneck_images": "MDPL",
 }
 
 
@@ -58,13 +64,17 @@ def load_checkpoint(path: str, what: str = "load_path", trust: bool = False) -> 
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):  # a class or function to import: code, not data
-            raise ValueError(f"{what}={path!r}: refused: unpickling it would run code or build objects other than "
-                             f"tensors and plain containers ({str(e).splitlines()[0]}). Pass trust_checkpoint=True "
-                             "only for a file you trust.") from None
+            raise ValueError(
+                f"{what}={path!r}: refused: unpickling it would run code or build objects other than "
+                f"tensors and plain containers ({str(e).splitlines()[0]}). Pass trust_checkpoint=True "
+                "only for a file you trust."
+            ) from None
         raise ValueError(f"{what}={path!r}: not a readable checkpoint ({e})") from None
     except Exception as e:  # zip, EOF and pickle errors come in many types
-        raise ValueError(f"{what}={path!r}: not a readable checkpoint ({type(e).__name__}: {e}); expected a "
-                         "Lightning or official .ckpt, a state dict .pt/.bin, or a .safetensors file") from e
+        raise ValueError(
+            f"{what}={path!r}: not a readable checkpoint ({type(e).__name__}: {e}); expected a "
+            "Lightning or official .ckpt, a state dict .pt/.bin, or a .safetensors file"
+        ) from e
 
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a Hugging Face model folder holds, preferred first
@@ -75,8 +85,12 @@ _WEIGHT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".safetensors")
 def is_hub_id(value: object) -> bool:
     """A Hugging Face model id (`owner/name`, e.g. dandelin/vilt-b32-mlm) that is not an existing local path;
     a missing local file with a checkpoint suffix (runs/best.ckpt) is not one."""
-    return (isinstance(value, str) and bool(_HUB_ID.match(value)) and not value.endswith(_WEIGHT_SUFFIXES)
-            and not os.path.exists(value))
+    return (
+        isinstance(value, str)
+        and bool(_HUB_ID.match(value))
+        and not value.endswith(_WEIGHT_SUFFIXES)
+        and not os.path.exists(value)
+    )
 
 
 def hf_cache_dir() -> str:
@@ -110,20 +124,26 @@ def resolve_weights_path(value: str, what: str = "load_path") -> str:
         cached = huggingface_hub.try_to_load_from_cache(value, name, cache_dir=cache)
         if isinstance(cached, str) and os.path.isfile(cached):
             return os.path.dirname(cached)
-    fix = (f"download it once with network access (`hf download {value} model.safetensors`, or run without "
-           "HF_HUB_OFFLINE=1; set HF_HUB_CACHE or HF_HOME if the cache is elsewhere), or pass a local path: an "
-           "official ViLT .ckpt or a folder holding model.safetensors or pytorch_model.bin")
+    fix = (
+        f"download it once with network access (`hf download {value} model.safetensors`, or run without "
+        "HF_HUB_OFFLINE=1; set HF_HUB_CACHE or HF_HOME if the cache is elsewhere), or pass a local path: an "
+        "official ViLT .ckpt or a folder holding model.safetensors or pytorch_model.bin"
+    )
     if hub_offline():
-        raise FileNotFoundError(f"{what}={value!r} is neither a local file or folder nor a Hugging Face model in the "
-                                f"cache at {cache!r} (HF_HUB_OFFLINE is set: nothing is downloaded); {fix}")
+        raise FileNotFoundError(
+            f"{what}={value!r} is neither a local file or folder nor a Hugging Face model in the "
+            f"cache at {cache!r} (HF_HUB_OFFLINE is set: nothing is downloaded); {fix}"
+        )
     errors = []
     for name in HF_WEIGHT_FILES:
         try:
             return os.path.dirname(huggingface_hub.hf_hub_download(value, name, cache_dir=cache))
         except Exception as e:  # missing file, unknown or gated repository, no network: try the next, then fail
             errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    raise FileNotFoundError(f"{what}={value!r} is neither a local file or folder nor a Hugging Face model in the "
-                            f"cache at {cache!r}, and downloading it failed ({'; '.join(errors)}); {fix}")
+    raise FileNotFoundError(
+        f"{what}={value!r} is neither a local file or folder nor a Hugging Face model in the "
+        f"cache at {cache!r}, and downloading it failed ({'; '.join(errors)}); {fix}"
+    )
 
 
 def read_checkpoint(path: str, what: str = "load_path", trust: bool = False) -> tuple[dict[str, Tensor], dict]:
@@ -163,19 +183,30 @@ def read_state_dict(path: str, what: str = "load_path", trust: bool = False) -> 
     return read_checkpoint(path, what, trust)[0]
 
 
-def load_pretrained(model: nn.Module, path: str, max_text_len: int, what: str = "load_path",
-                    trust: bool = False) -> None:
+def load_pretrained(
+    model: nn.Module, path: str, max_text_len: int, what: str = "load_path", trust: bool = False
+) -> None:
     """Pre-trained ViLT weights into `model`: an official ViLT checkpoint or a Hugging Face ViLT state dict
     (converted), the text positions resized to max_text_len. A fine-tuned checkpoint given here (it holds
     prompts or task heads) loads its backbone and pooler only, with a warning naming what else it holds."""
     sd = read_state_dict(path, what, trust)
     if is_hf_vilt(sd):
         sd = convert_hf_vilt(sd)
-    extra = sorted({k.split(".")[0] for k in sd if k.split(".")[0] in FOREIGN_HINTS or k.endswith("_classifier")
-                    or k.split(".")[0].endswith("_classifier")})
+    extra = sorted(
+        {
+            k.split(".")[0]
+            for k in sd
+            if k.split(".")[0] in FOREIGN_HINTS or k.endswith("_classifier") or k.split(".")[0].endswith("_classifier")
+        }
+    )
     if extra:
-        log.warning("%s=%r is a fine-tuned checkpoint (it holds %s): only its backbone and pooler are loaded as "
-                    "pre-trained weights; to evaluate it use test_only=True", what, path, extra)
+        log.warning(
+            "%s=%r is a fine-tuned checkpoint (it holds %s): only its backbone and pooler are loaded as "
+            "pre-trained weights; to evaluate it use test_only=True",
+            what,
+            path,
+            extra,
+        )
         sd = {k: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIXES + ("pooler.",))}
     sd = interpolate_text_positions(sd, max_text_len)
     load_backbone(model, sd, f"{what}={path!r}", BACKBONE_PREFIXES)
@@ -214,7 +245,7 @@ def convert_hf_vilt(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
     for key, value in sd.items():
-        k = key[len("vilt."):] if key.startswith("vilt.") else key
+        k = key[len("vilt.") :] if key.startswith("vilt.") else key
         m = _HF_QKV.match(k)
         if m:
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
@@ -240,16 +271,20 @@ def interpolate_text_positions(sd: dict[str, Tensor], length: int) -> dict[str, 
         return sd
     table = sd[key]
     sd = dict(sd)
-    sd[key] = F.interpolate(table[None, None].float(), size=(length, table.shape[1]), mode="bilinear",
-                            align_corners=False)[0, 0].to(table.dtype)
+    sd[key] = F.interpolate(
+        table[None, None].float(), size=(length, table.shape[1]), mode="bilinear", align_corners=False
+    )[0, 0].to(table.dtype)
     sd["text_embeddings.position_ids"] = torch.arange(length)[None]
     return sd
 
 
 def _check_shapes(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
     own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in sd.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if bad:
         raise ValueError(f"{source}: shape mismatch (wrong config for these weights?):\n  " + "\n  ".join(bad))
 
@@ -263,13 +298,21 @@ def load_backbone(model: nn.Module, sd: dict[str, Tensor], source: str, required
     fill = {"text_embeddings.position_ids"}  # a buffer newer checkpoints do not store
     missing_required = [k for k in own if k.startswith(required) and k not in sd and k not in fill]
     if missing_required:
-        raise KeyError(f"{source}: missing backbone weights {missing_required[:8]}"
-                       f"{' ...' if len(missing_required) > 8 else ''} ({len(missing_required)} in all)")
+        raise KeyError(
+            f"{source}: missing backbone weights {missing_required[:8]}"
+            f"{' ...' if len(missing_required) > 8 else ''} ({len(missing_required)} in all)"
+        )
     result = model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
     unexpected = sorted(k for k in sd if k not in own)
-    log.info("%s: loaded %d tensors; kept initialised: %d (%s...); ignored: %d (%s...)", source,
-             len(sd) - len(unexpected), len(result.missing_keys), result.missing_keys[:4],
-             len(unexpected), unexpected[:4])
+    log.info(
+        "%s: loaded %d tensors; kept initialised: %d (%s...); ignored: %d (%s...)",
+        source,
+        len(sd) - len(unexpected),
+        len(result.missing_keys),
+        result.missing_keys[:4],
+        len(unexpected),
+        unexpected[:4],
+    )
 
 
 def load_finetuned(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:

@@ -11,7 +11,7 @@ from mdpl.transforms.randaug import RandAugment
 
 
 class PixelBertRandAug(PixelBert):
-    """"pixelbert_randaug": RandAugment(2, 9) on the PIL image, then "pixelbert"."""
+    """ "pixelbert_randaug": RandAugment(2, 9) on the PIL image, then "pixelbert"."""
 
     random = True
 
@@ -34,4 +34,13 @@ def keys_to_transforms(keys: list[str], size: int) -> list[PixelBert]:
     return [TRANSFORMS[k](size) for k in keys]
 
 
-__all__ = ["MISSING_PIXEL", "normalize_pixels", "TRANSFORMS", "PixelBert", "PixelBertRandAug", "RandAugment", "keys_to_transforms", "resized_hw"]
+__all__ = [
+    "MISSING_PIXEL",
+    "normalize_pixels",
+    "TRANSFORMS",
+    "PixelBert",
+    "PixelBertRandAug",
+    "RandAugment",
+    "keys_to_transforms",
+    "resized_hw",
+]

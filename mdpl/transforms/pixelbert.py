@@ -48,12 +48,13 @@ def normalize_pixels(images: torch.Tensor, image_hw: torch.Tensor) -> torch.Tens
     H, W = images.shape[-2:]
     h, w = image_hw[:, 0].to(images.device), image_hw[:, 1].to(images.device)
     inside = (torch.arange(H, device=images.device)[None, :, None] < h[:, None, None]) & (
-        torch.arange(W, device=images.device)[None, None, :] < w[:, None, None])
+        torch.arange(W, device=images.device)[None, None, :] < w[:, None, None]
+    )
     return x.mul_(inside[:, None])
 
 
 class PixelBert:
-    """"pixelbert": PIL BICUBIC resize (see resized_hw) to a uint8 tensor; ToTensor + Normalize(0.5, 0.5)
+    """ "pixelbert": PIL BICUBIC resize (see resized_hw) to a uint8 tensor; ToTensor + Normalize(0.5, 0.5)
     happen on the model's device (normalize_pixels). Expects RGB."""
 
     random = False  # draws no random numbers, so output shapes are known from the image size alone
