@@ -59,7 +59,7 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
         gen_prompt_layers=[0, 1],
         shared_prompt_layers=[0, 1],
     )
-    for mode in ["fast", "fast+trim", "reference"]:
+    for mode in ["pruned", "unpruned", "pruned+trim", "reference"]:
         r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
         assert r["train"] > 0 and r["eval"] > 0
     assert r["flops"][1] > r["flops"][0] > 0  # train > forward
