@@ -6,6 +6,11 @@ writes R/Food101 (or R/mmimdb, R/Hatememes), so that `python make_arrow.py --dat
 converts it directly. Every class has its own colour and shape in the image and its own keyword in the
 text, so the label can be learnt from either modality alone and missing-modality effects show in training.
 Same arguments and seed -> byte-identical files.
+
+The text cue is strong on purpose (see TINY_RECIPE.md): each class keyword (one WordPiece) is repeated
+KEYWORD_REPEATS times among only a few filler words, so a small randomly initialised, frozen ViLT, whose
+[CLS] sees other tokens only through near-uniform attention, still carries it, and every keyword fits in
+a short max_text_len. MM-IMDb movies get 1-2 genres, the first in turn, so every genre has positives.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ tiger violin wagon yellow zebra anchor bottle carpet desert engine feather glove
 ladder mirror nest oven pillow queen rocket shadow tunnel umbrella valley wheel arrow basket cherry
 dolphin eagle fountain ginger helmet ivory jelly lantern meadow nickel olive parrot quilt ribbon
 shell tomato velvet walnut copper button cactus diamond emerald frost glacier honey lizard mango
-onion pepper salmon thunder tulip vapor whale blossom crystal ember canyon orbit pearl prism
-""".split()
+onion pepper salmon thunder lotus vapor whale blossom crystal comet canyon orbit pearl prism maple
+""".split()  # all single WordPieces of bert-base-uncased
 FILLER = """the a of and with in on for from this that very some many fresh warm old new small large
 good best home made easy quick simple recipe style classic great little day night one two""".split()
 FOOD_NAMES = ["apple_pie", "baby_back_ribs", "baklava", "beef_carpaccio", "beef_tartare", "beet_salad",
               "beignets", "bibimbap", "bread_pudding", "breakfast_burrito", "frozen_yogurt", "tacos"]  # fmt: skip
 
 SPLIT_SHARES = (0.7, 0.15, 0.15)  # train, val, test
+KEYWORD_REPEATS = 3  # each class keyword appears this many times in a text (MM-IMDb: per genre, 2)
+FILLERS = (1, 4)  # filler words per text
 
 
 def _colour(k: int, n: int) -> tuple[int, int, int]:
@@ -68,10 +75,12 @@ def _image(classes: list[int], n_classes: int, rng: random.Random, sides: tuple)
     return im
 
 
-def _text(classes: list[int], rng: random.Random, words: tuple[int, int]) -> str:
-    out = [rng.choice(FILLER) for _ in range(rng.randint(*words))]
+def _text(classes: list[int], rng: random.Random, repeats: int = KEYWORD_REPEATS) -> str:
+    """A few filler words with each class keyword inserted `repeats` times at random places."""
+    out = [rng.choice(FILLER) for _ in range(rng.randint(*FILLERS))]
     for k in classes:
-        out.insert(rng.randint(0, len(out)), KEYWORDS[k])
+        for _ in range(repeats):
+            out.insert(rng.randint(0, len(out)), KEYWORDS[k])
     return " ".join(out)
 
 
@@ -101,7 +110,7 @@ def food101(root: Path, samples: int, classes: int, rng: random.Random, sides: t
             folder = out / "images" / ("test" if split == "test" else "train") / names[k]
             folder.mkdir(parents=True, exist_ok=True)
             _image([k], classes, rng, sides).save(folder / name, quality=90)
-            texts[name] = _text([k], rng, (4, 12))
+            texts[name] = _text([k], rng)
             splits[split].append(name)
     _write_json(out / "class_idx.json", {n: k for k, n in enumerate(names)})
     _write_json(out / "text.json", texts)
@@ -117,11 +126,13 @@ def mmimdb(root: Path, samples: int, classes: int, rng: random.Random, sides: tu
     for split, size in zip(("train", "dev", "test"), _split_sizes(samples)):
         splits[split] = []
         for _ in range(size):
-            ids = sorted(rng.sample(range(len(GENRES)), rng.randint(1, 3)))
+            # 1-2 genres: the first in turn (every genre gets positives), maybe one more at random
+            first = i % len(GENRES)
+            ids = sorted({first, rng.randrange(len(GENRES))} if rng.random() < 0.5 else {first})
             movie = f"{i:07d}"
             i += 1
             _image(ids, len(GENRES), rng, sides).save(out / "images" / f"{movie}.jpeg", quality=90)
-            plots = [_text(ids, rng, (10, 30)) for _ in range(rng.randint(1, 3))]  # several plots per movie
+            plots = [_text(ids, rng, 2) for _ in range(rng.randint(1, 3))]  # several plots per movie
             label = {"title": f"movie {movie}", "plot": plots, "genres": [GENRES[g] for g in ids]}
             _write_json(out / "labels" / f"{movie}.json", label)
             splits[split].append(movie)
@@ -139,7 +150,7 @@ def hateful_memes(root: Path, samples: int, classes: int, rng: random.Random, si
             k = rng.randrange(2)
             img = f"img/{i:05d}.png"
             _image([k], 2, rng, sides).save(data / img)
-            lines.append(json.dumps({"id": i, "img": img, "label": k, "text": _text([k], rng, (3, 10))}))
+            lines.append(json.dumps({"id": i, "img": img, "label": k, "text": _text([k], rng)}))
             i += 1
         (data / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
     return root / "Hatememes"
