@@ -21,14 +21,18 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
+# The README's "Small runs on the CPU" commands for Food-101: synthetic data, `tiny` training, a sweep.
+DEMO := data_root=demo_output/arrows log_dir=demo_output/result missing_table_root=demo_output/missing_tables/ \
+	records_root=demo_output/records food101_class_num=10 exp_name=demo_food101 \
+	missing_type='{"train": "both", "val": "both", "test": "both"}'
+
 demo: $(STAMP)
 	rm -rf demo_output
 	$(PY) -m mdpl.synthetic food101 demo_output/raw --samples 400 --classes 10
 	$(PY) make_arrow.py --dataset food101 --root demo_output/raw --out demo_output/arrows
-	$(PY) run.py -l WARNING with demo data_root=demo_output/arrows log_dir=demo_output/result \
-		missing_table_root=demo_output/missing_tables/ records_root=demo_output/records
-	$(PY) run.py -l WARNING sweep with demo data_root=demo_output/arrows log_dir=demo_output/result \
-		missing_table_root=demo_output/missing_tables/ sweep_ratios='[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]' \
+	$(PY) run.py -l WARNING with task_finetune_food101 tiny $(DEMO)
+	$(PY) run.py -l WARNING sweep with task_finetune_food101 tiny $(DEMO) \
+		sweep_ratios='[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]' \
 		load_path=$$(ls demo_output/result/demo_food101_seed42_from_/version_0/checkpoints/epoch=*.ckpt)
 
 clean:

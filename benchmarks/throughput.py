@@ -1,7 +1,7 @@
 """Train-step and eval throughput of PromptedViLT against the slow reference (mdpl/reference.py).
 
     python benchmarks/throughput.py            # CUDA: full shapes under fp16 autocast; CPU: full shapes in fp32
-    python benchmarks/throughput.py --quick    # CPU smoke run: Food-101, batch 2, one step per phase (~5 min)
+    python benchmarks/throughput.py --quick    # CPU run: Food-101, batch 2, 1 warm-up + 2 timed steps per phase
 
 Shapes: Food-101 text 512, images 384 x 576, batch 32; MM-IMDb text 1024, images 576 x 384, batch 16;
 texts have realistic real lengths (Food-101 titles 16-24 tokens, MM-IMDb plots 100-400), missing types
@@ -157,7 +157,7 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="batch 2, no warm-up, one step per phase, Food-101 only")
+    ap.add_argument("--quick", action="store_true", help="batch 2, one warm-up and two timed steps, Food-101 only")
     ap.add_argument("--tasks", help="default food101,mmimdb (food101 with --quick)")
     ap.add_argument("--modes", default="pruned,unpruned,pruned+trim,reference")
     ap.add_argument("--batch", type=int, help="default: 32 Food-101 / 16 MM-IMDb (2 with --quick)")
@@ -174,9 +174,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cuda = device.type == "cuda"
     args.tasks = args.tasks or ("food101" if args.quick else "food101,mmimdb")
-    args.steps = args.steps or (1 if args.quick else 10 if cuda else 2)
+    args.steps = args.steps or (2 if args.quick else 10 if cuda else 2)
     args.ref_steps = args.ref_steps or (1 if args.quick else 2)
-    args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 3 if cuda else 1)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick or not cuda else 3)
     amp = args.amp or ("fp16" if cuda else "none")
     args.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "none": None}[amp]
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"

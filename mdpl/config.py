@@ -182,34 +182,52 @@ ex.add_named_config(
     "task_finetune_hatememes_map", _map("map_finetune_hatememes", ["Hatefull_Memes"], "hatememes", 0.11, 128)
 )
 
-# `make demo`: synthetic Food-101 (10 classes) on 2 CPU cores in minutes; a small randomly initialised ViLT
-# (no weights can be downloaded), so only prompts, pooler and head learn; its features differ little between
-# samples, so a smaller learning rate than the official 5e-3 learns (5e-3 and above stay at chance).
-ex.add_named_config(
-    "demo",
-    dict(
-        _finetune("demo_food101", ["Food101"], "food101", 5e-4, 1.0, 32),
-        food101_class_num=10,
-        hidden_size=256,
-        num_layers=4,
-        num_heads=4,
-        image_size=128,
-        gen_prompt_layers=[0, 1],
-        shared_prompt_layers=[0, 1],
-        prompt_layers=[0, 1],
-        gen_prompt_length=8,
-        shared_prompt_length=8,
-        prompt_length=8,
-        batch_size=16,
-        per_gpu_batchsize=16,
-        max_epoch=8,
-        num_gpus=0,
-        precision=32,
-        num_workers=2,
-        missing_type={"train": "both", "val": "both", "test": "both"},
-        drop_rate=0.0,  # dropout in a random frozen backbone drowns its weak per-sample signal
-    ),
+# A size recipe for CPU runs on synthetic data (`make demo`, tests): `with task_finetune_<task> tiny`. It sets model
+# size, image size, prompt sizes, text length, epochs, batch, learning rate and CPU settings, never the task or its
+# data, so it composes with any task config; it must come after the task config (run.py checks the order).
+# No pretrained ViLT is available offline, so the frozen backbone is random and only prompts, pooler and head
+# learn. A random backbone passes little per-sample signal to the text [CLS] (its attention is near uniform;
+# what it adds grows with width), so the model is wide and shallow; dropout would drown that signal.
+TINY = dict(
+    hidden_size=512,
+    num_layers=2,
+    num_heads=8,
+    image_size=64,
+    max_text_len=12,
+    gen_prompt_layers=[0, 1],
+    shared_prompt_layers=[0, 1],
+    prompt_layers=[0, 1],
+    gen_prompt_length=4,
+    shared_prompt_length=4,
+    prompt_length=4,
+    mem_size=8,
+    top_k=2,
+    drop_rate=0.0,
+    num_gpus=0,
+    precision=32,
+    num_workers=0,
+    per_gpu_batchsize=16,
+    batch_size=16,
+    max_epoch=20,
+    max_steps=None,
+    warmup_steps=0.1,
+    learning_rate=1e-3,
+    val_check_interval=1.0,
 )
+ex.add_named_config("tiny", TINY)
+SIZE_RECIPES = ("tiny",)
+
+
+def check_named_config_order(named: list[str]) -> None:
+    """A size recipe overrides some keys a task config also sets (batch, epochs, lr, text length), so it must
+    come after every task config; the other order would silently undo it."""
+    for i, name in enumerate(named):
+        later = [n for n in named[i + 1 :] if n.startswith("task_finetune_")]
+        if name in SIZE_RECIPES and later:
+            raise ValueError(
+                f"named config {name!r} must come after {later[0]!r} (it overrides that config's batch, epochs, "
+                f"learning rate and text length): write `with {later[0]} {name}`"
+            )
 
 
 @ex.command(unobserved=True)
@@ -222,6 +240,7 @@ def make_config(*named: str, **updates) -> dict:
     """The configuration of `python run.py with <named...> key=value ...` as a plain dict, without running."""
     from mdpl.settings import plain
 
+    check_named_config_order(list(named))
     root = logging.getLogger()
     level = root.level  # sacred's --loglevel sets the root logger's level for the whole process
     try:
@@ -234,5 +253,7 @@ def make_config(*named: str, **updates) -> dict:
 
 
 def command_line_keys(run) -> set[str]:
-    """The top-level keys a sacred run set explicitly with key=value (named configs excluded)."""
+    """The top-level keys a sacred run set explicitly with key=value (named configs excluded); the order of its
+    named configs is checked first."""
+    check_named_config_order(run.meta_info.get("named_configs") or [])
     return set(run.meta_info.get("config_updates") or {})

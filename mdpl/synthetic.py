@@ -120,18 +120,19 @@ def food101(root: Path, samples: int, classes: int, rng: random.Random, sides: t
 
 def mmimdb(root: Path, samples: int, classes: int, rng: random.Random, sides: tuple) -> Path:
     out = root / "mmimdb"
+    n_genres = min(classes, len(GENRES))  # labels stay 23-wide; only the first n_genres occur
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     splits, i = {}, 0
     for split, size in zip(("train", "dev", "test"), _split_sizes(samples)):
         splits[split] = []
         for _ in range(size):
-            # 1-2 genres: the first in turn (every genre gets positives), maybe one more at random
-            first = i % len(GENRES)
-            ids = sorted({first, rng.randrange(len(GENRES))} if rng.random() < 0.5 else {first})
+            # 1-2 of the first `classes` genres: the first in turn (every genre gets positives), maybe one more
+            first = i % n_genres
+            ids = sorted({first, rng.randrange(n_genres)} if rng.random() < 0.5 else {first})
             movie = f"{i:07d}"
             i += 1
-            _image(ids, len(GENRES), rng, sides).save(out / "images" / f"{movie}.jpeg", quality=90)
+            _image(ids, n_genres, rng, sides).save(out / "images" / f"{movie}.jpeg", quality=90)
             plots = [_text(ids, rng, 2) for _ in range(rng.randint(1, 3))]  # several plots per movie
             label = {"title": f"movie {movie}", "plot": plots, "genres": [GENRES[g] for g in ids]}
             _write_json(out / "labels" / f"{movie}.json", label)
@@ -171,7 +172,8 @@ def generate(
     """Write a synthetic raw `dataset` under `root` (the make_arrow --root); returns its dataset folder.
 
     Image width and height are drawn from `side_range`, or all images are `size` = (w, h) when given.
-    `classes` applies to food101 only (MM-IMDb always has the 23 genres, Hateful Memes 2 labels).
+    `classes` is the number of Food-101 classes, or of MM-IMDb genres that occur (the first `classes` of the 23;
+    labels stay 23 wide); Hateful Memes always has 2 labels.
     """
     if dataset not in GENERATORS:
         raise ValueError(f"dataset must be one of {sorted(GENERATORS)}, got {dataset!r}")
@@ -186,7 +188,7 @@ def main() -> None:
     parser.add_argument("dataset", choices=sorted(GENERATORS))
     parser.add_argument("root", help="parent folder (the make_arrow --root)")
     parser.add_argument("--samples", type=int, default=300, help="samples (movies for mmimdb) over all splits")
-    parser.add_argument("--classes", type=int, default=10, help="food101 only: number of classes")
+    parser.add_argument("--classes", type=int, default=10, help="food101: classes; mmimdb: genres that occur (of 23)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side-range", type=int, nargs=2, default=(64, 192), metavar=("MIN", "MAX"),
                         help="image width and height are drawn uniformly from this range")  # fmt: skip
