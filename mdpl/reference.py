@@ -1,5 +1,6 @@
-"""A slow, independent reference of the MDPL forward pass, written from REFERENCE.md §6-§8 (for tests and
-benchmarks/throughput.py; not used in training or evaluation).
+"""A slow, independent reference of the MDPL forward pass, written from docs/official-behaviour.md
+(#model-and-prompt-insertion, #heads-losses-and-metrics), for tests and benchmarks/throughput.py; not used in
+training or evaluation.
 
 Per-sample Python loops, explicit softmax attention, hand-written LayerNorm / GELU / bilinear resizing, no
 nn.Module: it reads the weights from a state dict with official names, so tests and the throughput

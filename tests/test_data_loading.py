@@ -1,4 +1,4 @@
-"""Datasets, transforms, collate and the datamodule on small synthetic data (REFERENCE §2-§5)."""
+"""Datasets, transforms, collate and the datamodule on small synthetic data (DATA.md)."""
 
 import copy
 import random

@@ -1,4 +1,4 @@
-"""Epoch metrics (REFERENCE §8) against sklearn and hand-computed values."""
+"""Epoch metrics (docs/official-behaviour.md#heads-losses-and-metrics) against sklearn and hand-computed values."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""The official optimiser (transformers' old AdamW), parameter groups and schedule (REFERENCE §9)."""
+"""The official optimiser (transformers' old AdamW), parameter groups and schedule
+(docs/official-behaviour.md#optimiser-and-schedule)."""
 
 import dataclasses
 import math
