@@ -1,7 +1,7 @@
 """MAP (prompt_method "map") and plain ViLT (prompt_method "none") against a slow, independent reference
 written from docs/official-behaviour.md#map-baseline: per-sample loops, prompts picked per sample with
-if/elif, explicit softmax attention with the prefix keys/values spelt out, float64. Compared on logits and on the gradients of every
-trainable parameter, on batches mixing the three missing types.
+if/elif, explicit softmax attention with the prefix keys/values spelt out, float64. Compared on logits and
+on the gradients of every trainable parameter, on batches mixing the three missing types.
 """
 
 import math
