@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mdpl.gadgets.metrics import TaskMetrics
+from mdpl.modules.frozen_cast import FrozenCastCallback
 from mdpl.modules.model import PromptedViLT, inline_module
 from mdpl.modules.objectives import compute_task
 from mdpl.modules.optim import build_optimizer, build_scheduler
@@ -100,6 +101,12 @@ class TaskModule(pl.LightningModule):
 
     def on_validation_start(self) -> None:
         self._stop_if_nonfinite()
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Under "16-mixed" / "bf16-mixed" the frozen backbone's matmul weights are held in the autocast dtype
+        for the duration of fit / validate / test / predict (no per-step re-cast; checkpoints keep the fp32
+        values; fp32 again after, also after an exception): see mdpl.modules.frozen_cast."""
+        return [FrozenCastCallback()]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._stop_if_nonfinite()
