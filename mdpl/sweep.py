@@ -2,7 +2,10 @@
 
 Each checkpoint is built once (from its own saved config where it has one, data settings from the command
 line) and tested on every (type, ratio); the test split's missing table for each point is the one a
-test_only run with test_type/test_ratio would use.
+test_only run with test_type/test_ratio would use. All points of (up to MODELS_PER_PASS) checkpoints are
+evaluated in one pass over the test split (mdpl.sweep_loader: each image decoded once, one loader, the models
+kept on the device), with exactly the metrics of a test_only run at each point; where that pass cannot be exact
+(random test transforms, several processes) each point is tested with Lightning instead, with a note.
 
 Checkpoints form groups (the lines of the outputs), averaged point by point: `sweep_groups` names each
 checkpoint's group; empty, checkpoints whose saved training recipe (model, optimiser and training-data keys)
@@ -24,8 +27,10 @@ import io
 import json
 import math
 import os
-from dataclasses import fields
+from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
@@ -421,10 +426,121 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
-    """Run the grid; returns the output folder. `command_line`: keys the user set explicitly (see train.main)."""
+def _single_pass_obstacle(settings: Settings) -> str | None:
+    from mdpl.sweep_loader import obstacle
+    from mdpl.transforms import keys_to_transforms
+
+    transforms = keys_to_transforms(list(settings.data.val_transform_keys), settings.model.image_size)
+    return obstacle(settings, any(t.random for t in transforms))
+
+
+def _per_point(runs: list, types: list[str], ratios: list[float], zero: dict) -> Iterator[tuple[dict, float, int]]:
+    """(trainer.test's metrics, effective missing rate, test samples) of each checkpoint x type x ratio, in that
+    order: a new datamodule and a Lightning test per point (zero["rank"]: whether this process is rank 0)."""
     from mdpl.datamodules import build_datamodule
-    from mdpl.modules import TaskModule, model_for_checkpoint
+    from mdpl.modules import TaskModule
+
+    trainer = build_trainer(runs[0][0], logger=False, checkpoints=False, progress=False)
+    for settings, model in runs:
+        module = TaskModule(settings.config, model)
+        for missing_type in types:
+            for ratio in ratios:
+                point = Settings.from_config({**settings.config, "test_type": missing_type, "test_ratio": ratio})
+                pl.seed_everything(point.run.seed, verbose=False)  # the same tables as test_only would draw
+                datamodule = build_datamodule(point)
+                [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
+                zero["rank"] = trainer.is_global_zero
+                yield metrics, *effective_missing(datamodule.datasets["test"])
+
+
+# checkpoints evaluated together in one pass over the test split (all their models on the device at once)
+MODELS_PER_PASS = 8
+
+
+def _loader_key(settings: Settings) -> str:
+    """What shapes a checkpoint's test batches besides the missing tables: checkpoints with equal keys share
+    one pass over the test split."""
+    data = {k: v for k, v in asdict(settings.data).items() if k not in ("missing_ratio", "missing_type")}
+    m = settings.model
+    labels = {t: m.num_classes(t) for t in m.tasks}
+    return json.dumps([data, m.image_size, m.max_text_len, m.tokenizer, labels], sort_keys=True, default=str)
+
+
+def _single_pass(runs: list, types: list[str], ratios: list[float]) -> Iterator[tuple[dict, float, int]]:
+    """As `_per_point`, from one pass over the test split for all the points of up to MODELS_PER_PASS
+    checkpoints (mdpl.sweep_loader): same batches, same RNG stream per point, so the same metrics."""
+    import torch
+
+    from mdpl.datasets import SPLITS, build_dataset, missing_table, read_arrow
+    from mdpl.modules import TaskModule
+    from mdpl.sweep_loader import GridPoint, GridTestSet, device_of, evaluate_grid
+    from mdpl.tasks import task_of_dataset
+
+    device = device_of(runs[0][0])
+    counts: dict[tuple, int] = {}
+
+    def rows(point: Settings, split: str, name: str) -> int:
+        path = Path(point.data.data_root) / f"{task_of_dataset(name).arrow_name(split)}.arrow"
+        if (path, split) not in counts:
+            counts[path, split] = read_arrow(path).num_rows
+        return counts[path, split]
+
+    # every point's tables in the order a per-point sweep draws them: seed, then each dataset's train, val and
+    # test tables (as MissingDataModule.prepare_data; a drawn table is saved, so later points load it)
+    todo = []  # (run index, point settings, test tables per dataset, torch CPU RNG state, CUDA RNG state)
+    for i, (settings, _) in enumerate(runs):
+        for missing_type in types:
+            for ratio in ratios:
+                point = Settings.from_config({**settings.config, "test_type": missing_type, "test_ratio": ratio})
+                pl.seed_everything(point.run.seed, verbose=False)
+                tests = []
+                for name in point.data.datasets:
+                    for split in SPLITS:
+                        table = missing_table(point, split, name, rows(point, split, name))
+                        if split == "test":
+                            tests.append(table.long())
+                # trainer.test's loader draws its workers' base seed when its iterator starts, before any forward
+                torch.empty((), dtype=torch.int64).random_()
+                cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+                todo.append((i, point, tests, torch.get_rng_state(), cuda))
+
+    groups: dict[str, list[int]] = {}
+    for i, (settings, _) in enumerate(runs):
+        groups.setdefault(_loader_key(settings), []).append(i)
+    results: dict[int, tuple] = {}
+    for members in groups.values():
+        for start in range(0, len(members), MODELS_PER_PASS):
+            chunk = members[start : start + MODELS_PER_PASS]
+            first = runs[chunk[0]][0]
+            mine = [k for k, t in enumerate(todo) if t[0] in chunk]
+            parts = [build_dataset(todo[mine[0]][1], "test", name) for name in first.data.datasets]
+            tables: dict[bytes, int] = {}  # distinct test tables (points of several checkpoints share theirs)
+            distinct, points = [], []
+            for k in mine:
+                i, _, tests, cpu, cuda = todo[k]
+                key = b"|".join(t.numpy().tobytes() for t in tests)
+                if key not in tables:
+                    tables[key] = len(distinct)
+                    distinct.append(tests)
+                points.append(GridPoint(chunk.index(i), tables[key], cpu, cuda))
+            modules = [TaskModule(runs[i][0].config, runs[i][1]) for i in chunk]
+            metrics = evaluate_grid(first, modules, GridTestSet(parts, distinct), points)
+            for k, values in zip(mine, metrics):
+                codes = [SimpleNamespace(index=part.index, missing=t.tolist()) for part, t in zip(parts, todo[k][2])]
+                results[k] = (values, *effective_missing(SimpleNamespace(datasets=codes)))
+            for module in modules:
+                module.cpu()
+    for k in range(len(todo)):
+        yield results.pop(k)
+
+
+def sweep(config: dict, command_line: set[str] = frozenset(), fast: bool = True) -> Path:
+    """Run the grid; returns the output folder. `command_line`: keys the user set explicitly (see train.main).
+
+    fast (the default): all points of a checkpoint from one pass over the test split (mdpl.sweep_loader), with
+    the metrics a per-point Lightning test gives, which runs instead (with a note) where that pass cannot be
+    exact (random test transforms, several processes); fast=False: a Lightning test per point."""
+    from mdpl.modules import model_for_checkpoint
 
     config = {**resolve(config), "test_only": False, "test_exp_name": None, "resume_from": None}
     paths, types, ratios = check_sweep(config)
@@ -443,20 +559,20 @@ def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
     saved = [saved_config(p, trust) for p in paths]
     groups = group_names(names, methods, saved, given)
 
-    trainer = build_trainer(base, logger=False, checkpoints=False, progress=False)
+    reasons = [_single_pass_obstacle(settings) for settings, _ in runs]
+    reason = next((r for r in reasons if r), None)
+    if fast and reason:
+        print(f"sweep: testing each point with Lightning, not in one pass ({reason})", flush=True)
+    zero = {"rank": True}  # False on the processes other than rank 0 of a multi-process Lightning test
+    points = _single_pass(runs, types, ratios) if fast and not reason else _per_point(runs, types, ratios, zero)
     rows = []
-    for (settings, model), name, group, own in zip(runs, names, groups, saved):
-        module = TaskModule(settings.config, model)
+    for (settings, _), name, group, own in zip(runs, names, groups, saved):
         for missing_type in types:
             for ratio in ratios:
-                point = Settings.from_config({**settings.config, "test_type": missing_type, "test_ratio": ratio})
-                pl.seed_everything(point.run.seed, verbose=False)  # the same tables as test_only would draw
-                datamodule = build_datamodule(point)
-                [metrics] = trainer.test(module, datamodule=datamodule, verbose=False)
-                rate, samples = effective_missing(datamodule.datasets["test"])
+                metrics, rate, samples = next(points)
                 row = {
-                    "checkpoint": point.run.load_path,
-                    "prompt_method": point.model.prompt_method,
+                    "checkpoint": settings.run.load_path,
+                    "prompt_method": settings.model.prompt_method,
                     "label": f"{name}/{missing_type}",
                     "missing_type": missing_type,
                     "missing_ratio": float(ratio),
@@ -468,7 +584,7 @@ def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
                 }
                 row.update({k: v for k, v in sorted(metrics.items()) if k != "test/the_metric"})
                 rows.append(row)
-                if trainer.is_global_zero:
+                if zero["rank"]:
                     print(
                         f"sweep {group} ({name}) {missing_type} ratio {ratio:g}: the_metric "
                         f"{row['the_metric'] * 100:.2f}",
@@ -476,7 +592,7 @@ def sweep(config: dict, command_line: set[str] = frozenset()) -> Path:
                     )
 
     out_dir = Path(base.run.log_dir) / f"{base.run.exp_name}_seed{base.run.seed}_sweep"
-    if trainer.is_global_zero:
+    if zero["rank"]:
         out_dir = new_version_dir(out_dir)
         title = " + ".join(f"{t} {TASKS[t].the_metric}" for t in base.model.tasks)
         record = {
