@@ -586,7 +586,8 @@ def sweep(config: dict, command_line: set[str] = frozenset(), fast: bool = True)
                 rows.append(row)
                 if zero["rank"]:
                     print(
-                        f"sweep {group} ({name}) {missing_type} ratio {ratio:g}: the_metric "
+                        f"sweep {group if group == name else f'{group} ({name})'}, {missing_type} missing, "
+                        f"ratio {ratio:g}: the_metric "
                         f"{row['the_metric'] * 100:.2f}",
                         flush=True,
                     )
