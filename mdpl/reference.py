@@ -244,6 +244,16 @@ def small_config(task: str = "food101", **overrides) -> dict:
     return base_config(task, **{**SMALL, **overrides})
 
 
+def small_hf_config(**overrides):
+    """A Hugging Face ViltConfig of the SMALL model's shape (weight conversion tests)."""
+    from transformers import ViltConfig
+
+    return ViltConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=64,
+        patch_size=16, max_position_embeddings=10, vocab_size=50, **overrides,
+    )  # fmt: skip
+
+
 def make_batch(
     config: dict, batch_size: int = 3, image_hw: tuple[int, int] = (64, 96), seed: int = 0, task: str = "food101"
 ) -> dict:

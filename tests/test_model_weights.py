@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from mdpl.modules import PromptedViLT, TaskModule, create_model
 from mdpl.modules.weights import convert_hf_vilt
-from mdpl.reference import make_batch, small_config
+from mdpl.reference import make_batch, small_config, small_hf_config
 from mdpl.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,20 +100,9 @@ def test_empty_load_path_warns_about_random_init(caplog):
 
 
 def _hf_vilt(for_mlm: bool):
-    from transformers import ViltConfig, ViltForMaskedLM, ViltModel
+    from transformers import ViltForMaskedLM, ViltModel
 
-    cfg = ViltConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=64,
-        patch_size=16,
-        max_position_embeddings=10,
-        vocab_size=50,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    cfg = small_hf_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     torch.manual_seed(2)
     return (ViltForMaskedLM if for_mlm else ViltModel)(cfg).eval()
 

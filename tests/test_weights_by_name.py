@@ -10,7 +10,7 @@ import torch
 
 from mdpl.modules import create_model
 from mdpl.modules.weights import hf_cache_dir, is_hub_id, read_checkpoint, resolve_weights_path
-from mdpl.reference import small_config
+from mdpl.reference import small_config, small_hf_config
 from mdpl.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,18 +21,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 def _hf_state_dict() -> dict[str, torch.Tensor]:
     """A ViltModel state dict in Hugging Face naming, shaped like mdpl.reference's SMALL model."""
-    from transformers import ViltConfig, ViltModel
+    from transformers import ViltModel
 
-    cfg = ViltConfig(
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=128,
-        image_size=64,
-        patch_size=16,
-        max_position_embeddings=10,
-        vocab_size=50,
-    )
+    cfg = small_hf_config()
     torch.manual_seed(5)
     return {k: v.contiguous() for k, v in ViltModel(cfg).state_dict().items()}
 
