@@ -166,22 +166,6 @@ def group_names(names: list[str], methods: list[str], saved: list[dict], given: 
     return labels
 
 
-def saved_config(path: str, trust: bool) -> dict:
-    """A checkpoint's saved sacred config ({} for none), read memory-mapped so its tensors are not loaded."""
-    import torch
-
-    from mdpl.modules import weights
-
-    try:
-        with torch.serialization.safe_globals(weights._safe_types()):
-            obj = torch.load(path, map_location="cpu", weights_only=not trust, mmap=True)
-    except Exception:  # .safetensors, the legacy (non-zip) format...: read it the usual way
-        return weights.read_checkpoint(path, "sweep_paths", trust)[1]
-    hparams = obj.get("hyper_parameters") if isinstance(obj, dict) else None
-    config = hparams.get("config") if isinstance(hparams, dict) else None
-    return dict(config) if isinstance(config, dict) else {}
-
-
 def effective_missing(dataset) -> tuple[float, int]:
     """(share of samples whose missing code is not 0, number of samples) of a test dataset. MM-IMDb draws its
     missing table per movie (Arrow row) but has one sample per plot, so this differs from the nominal ratio."""
@@ -540,7 +524,8 @@ def sweep(config: dict, command_line: set[str] = frozenset(), fast: bool = True)
     fast (the default): all points of a checkpoint from one pass over the test split (mdpl.sweep_loader), with
     the metrics a per-point Lightning test gives, which runs instead (with a note) where that pass cannot be
     exact (random test transforms, several processes); fast=False: a Lightning test per point."""
-    from mdpl.modules import model_for_checkpoint
+    from mdpl.modules import weights
+    from mdpl.modules.factory import model_from_checkpoint
 
     config = {**resolve(config), "test_only": False, "test_exp_name": None, "resume_from": None}
     paths, types, ratios = check_sweep(config)
@@ -549,14 +534,15 @@ def sweep(config: dict, command_line: set[str] = frozenset(), fast: bool = True)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config sweep_paths / load_path: checkpoint {path!r} not found")
     trust = bool(config.get("trust_checkpoint"))
-    runs = []  # all models first, so a wrong checkpoint fails before any evaluation
-    for path in paths:
-        runs.append(model_for_checkpoint(path, config, command_line, "sweep_paths"))
+    runs, saved = [], []  # all models first, so a wrong checkpoint fails before any evaluation
+    for path in paths:  # each file read once: its weights and its saved config (seed, training recipe)
+        sd, own = weights.read_checkpoint(path, "sweep_paths", trust)
+        runs.append(model_from_checkpoint(sd, own, path, config, command_line, "sweep_paths"))
+        saved.append(own)
     base = runs[0][0]
     check_files(Settings.from_config({**base.config, "load_path": ""}))
     methods = [s.model.prompt_method for s, _ in runs]
     names = series_names(paths, methods)
-    saved = [saved_config(p, trust) for p in paths]
     groups = group_names(names, methods, saved, given)
 
     reasons = [_single_pass_obstacle(settings) for settings, _ in runs]

@@ -2,8 +2,9 @@
 
 - `create_model(settings)`: for training, the pre-trained backbone (`load_path`: official ViLT or Hugging
   Face ViLT; else `vit_weights`: a timm ViT; else random) or, with finetune_first, a fine-tuned checkpoint.
-- `model_for_checkpoint(path, settings, command_line)`: for evaluation (test_only and sweep), the model
-  rebuilt from the checkpoint's own saved model config, with its weights.
+- `model_for_checkpoint(path, config, command_line)`: for evaluation (test_only and sweep), the model
+  rebuilt from the checkpoint's own saved model config, with its weights (`model_from_checkpoint` when the
+  file is read already).
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def model_for_checkpoint(
     prompt method told by their parameter names); a disagreeing model key on the command line is an error
     (see mdpl.settings.evaluation_config). Nothing but `path` is read."""
     sd, saved = weights.read_checkpoint(path, what, trust or bool(config.get("trust_checkpoint")))
+    return model_from_checkpoint(sd, saved, path, config, command_line, what)
+
+
+def model_from_checkpoint(
+    sd: dict, saved: dict, path: str, config: dict, command_line: set[str] = frozenset(), what: str = "load_path"
+) -> tuple[Settings, PromptedViLT]:
+    """As model_for_checkpoint, from a checkpoint already read: its state dict and saved config
+    (weights.read_checkpoint)."""
     source = f"{what}={path!r}"
     merged, notes = evaluation_config(saved, weights.prompt_method_of(sd), config, set(command_line), source)
     for note in notes:
