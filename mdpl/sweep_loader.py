@@ -16,13 +16,11 @@ Exactness needs deterministic test transforms and a single process: `obstacle` n
 from __future__ import annotations
 
 import bisect
-import io
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -33,7 +31,6 @@ from mdpl.gadgets.metrics import TaskMetrics
 from mdpl.settings import Settings
 from mdpl.train import precision
 from mdpl.transforms import MISSING_PIXEL
-from mdpl.writers.common import BadImageError
 
 
 def obstacle(settings: Settings, transforms_random: bool) -> str | None:
@@ -92,22 +89,7 @@ class GridTestSet(Dataset):
         part = self.parts[p]
         row, k = part.index[j - (self.ends[p - 1] if p else 0)]
         codes = self.codes[p][row]
-        decode = any(c != 2 for c in codes)
-        try:
-            img = Image.open(io.BytesIO(part.images[row].as_py()))
-            if decode:
-                img = img.convert("RGB")
-        except Exception as e:  # as ArrowDataset
-            raise BadImageError(
-                f"{part.source}: row {row}: image bytes cannot be decoded ({type(e).__name__}: {e}); "
-                "re-run make_arrow, which checks every image"
-            ) from e
-        if decode:
-            views = [t(img) for t in part.transforms]
-        else:
-            views = [
-                torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8) for t in part.transforms
-            ]
+        views = part.image_views(row, missing=all(c == 2 for c in codes))  # decoded if some table keeps it
         return {"image": views, "text": part.texts[row][k], "label": part.labels[row], "codes": codes}
 
 

@@ -99,22 +99,27 @@ class ArrowDataset(Dataset):
         code = self.missing[row]
         if self.simulate_missing and code == 0:  # official: training rows kept complete get a random fate
             code = random.choice([0, 1, 2])
+        text = "" if code == 1 else self.texts[row][k]
+        return {
+            "image": self.image_views(row, code == 2),
+            "text": text,
+            "label": self.labels[row],
+            "missing_type": code,
+        }
+
+    def image_views(self, row: int, missing: bool) -> list[torch.Tensor]:
+        """The row's image through every transform; a missing one as MISSING_PIXEL views of the transformed
+        shape (read from the image header, without decoding, when the transforms draw no random numbers)."""
         try:
             img = Image.open(io.BytesIO(self.images[row].as_py()))
-            if code != 2 or self.decode_missing:
+            if not missing or self.decode_missing:
                 img = img.convert("RGB")  # decodes the whole image
         except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
             raise BadImageError(
                 f"{self.source}: row {row}: image bytes cannot be decoded ({type(e).__name__}: {e}); "
                 "re-run make_arrow, which checks every image"
             ) from e
-        if code == 2 and not self.decode_missing:
-            views = [
-                torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8) for t in self.transforms
-            ]
-        else:
-            views = [t(img) for t in self.transforms]
-            if code == 2:
-                views = [torch.full_like(v, MISSING_PIXEL) for v in views]
-        text = "" if code == 1 else self.texts[row][k]
-        return {"image": views, "text": text, "label": self.labels[row], "missing_type": code}
+        if missing and not self.decode_missing:
+            return [torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8) for t in self.transforms]
+        views = [t(img) for t in self.transforms]
+        return [torch.full_like(v, MISSING_PIXEL) for v in views] if missing else views
