@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -28,9 +28,10 @@ from mdpl.datamodules import build_collator, usable_workers
 from mdpl.datamodules.collate import Collator
 from mdpl.datasets import ArrowDataset
 from mdpl.gadgets.metrics import TaskMetrics
+from mdpl.modules.frozen_cast import MIXED_DTYPES, frozen_cast
 from mdpl.settings import Settings
 from mdpl.train import precision
-from mdpl.transforms import MISSING_PIXEL
+from mdpl.transforms import MISSING_PIXEL, image_area
 
 
 def obstacle(settings: Settings, transforms_random: bool) -> str | None:
@@ -56,7 +57,7 @@ def autocast_dtype(settings: Settings, device: torch.device) -> torch.dtype | No
     p = precision(settings)
     if p == "16-mixed" and device.type == "cpu":  # fp16 autocast is a GPU feature (see mdpl.train.precision)
         return None
-    return {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(p)
+    return MIXED_DTYPES.get(p)
 
 
 class GridTestSet(Dataset):
@@ -129,13 +130,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def inside_masks(batch: dict) -> list[Tensor]:
     """Per view: B x 1 x H x W, True inside each sample's image (on the canvas)."""
-    masks = []
-    for canvas, hw in zip(batch["image"], batch["view_hw"]):
-        H, W = canvas.shape[-2:]
-        rows = torch.arange(H, device=canvas.device)[None, :, None] < hw[:, 0, None, None]
-        cols = torch.arange(W, device=canvas.device)[None, None, :] < hw[:, 1, None, None]
-        masks.append((rows & cols)[:, None])
-    return masks
+    return [image_area(canvas, hw) for canvas, hw in zip(batch["image"], batch["view_hw"])]
 
 
 def point_batch(batch: dict, codes: Tensor, host_codes: list[int], inside: list[Tensor]) -> dict:
@@ -210,7 +205,12 @@ def evaluate_grid(
     cuda = device.type == "cuda"
     # as Lightning's MixedPrecision plugin (cache_enabled=False); no context for 32-bit
     autocast = nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-    with _cudnn_benchmark(True if cuda else torch.backends.cudnn.benchmark), torch.inference_mode():
+    # the frozen backbone in the autocast dtype for the whole pass, as FrozenCastCallback holds it in a test
+    with ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(frozen_cast(module, dtype))
+        stack.enter_context(_cudnn_benchmark(True if cuda else torch.backends.cudnn.benchmark))
+        stack.enter_context(torch.inference_mode())
         for host in loader:
             batch = to_device(host, device)
             codes = host["codes"].tolist()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from mdpl.transforms.pixelbert import MISSING_PIXEL, PixelBert, normalize_pixels, resized_hw
+from mdpl.transforms.pixelbert import MISSING_PIXEL, PixelBert, image_area, normalize_pixels, resized_hw
 from mdpl.transforms.randaug import RandAugment
 
 
@@ -35,6 +35,7 @@ def keys_to_transforms(keys: list[str], size: int) -> list[PixelBert]:
 
 
 __all__ = [
+    "image_area",
     "MISSING_PIXEL",
     "normalize_pixels",
     "TRANSFORMS",

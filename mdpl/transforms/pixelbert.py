@@ -45,12 +45,16 @@ def normalize_pixels(images: torch.Tensor, image_hw: torch.Tensor) -> torch.Tens
     zeros outside each image: ToTensor + Normalize(0.5, 0.5) as (x / 255 - 0.5) / 0.5, then the zero canvas
     padding that the model reads as "no patch" (a real pixel never normalises to a zero channel sum)."""
     x = images.float().div_(255).sub_(0.5).div_(0.5)
-    H, W = images.shape[-2:]
-    h, w = image_hw[:, 0].to(images.device), image_hw[:, 1].to(images.device)
-    inside = (torch.arange(H, device=images.device)[None, :, None] < h[:, None, None]) & (
-        torch.arange(W, device=images.device)[None, None, :] < w[:, None, None]
-    )
-    return x.mul_(inside[:, None])
+    return x.mul_(image_area(images, image_hw))
+
+
+def image_area(canvas: torch.Tensor, image_hw: torch.Tensor) -> torch.Tensor:
+    """B x 1 x H x W, True where each canvas holds its image (the top-left image_hw[b] = (h, w) corner)."""
+    H, W = canvas.shape[-2:]
+    h, w = image_hw[:, 0].to(canvas.device), image_hw[:, 1].to(canvas.device)
+    rows = torch.arange(H, device=canvas.device)[None, :, None] < h[:, None, None]
+    cols = torch.arange(W, device=canvas.device)[None, None, :] < w[:, None, None]
+    return (rows & cols)[:, None]
 
 
 class PixelBert:
