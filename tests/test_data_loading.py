@@ -1,8 +1,10 @@
 """Datasets, transforms, collate and the datamodule on small synthetic data (DATA.md)."""
 
 import copy
+import io
 import random
 
+import pyarrow as pa
 import pytest
 import torch
 from PIL import Image
@@ -12,6 +14,7 @@ from torchvision import transforms as T
 from mdpl.config import make_config
 from mdpl.datamodules import build_datamodule, build_test_loader
 from mdpl.datasets import build_dataset
+from mdpl.datasets.arrow_dataset import ArrowDataset
 from mdpl.settings import ConfigError, Settings
 from mdpl.synthetic import generate
 from mdpl.transforms import PixelBert, keys_to_transforms, normalize_pixels, resized_hw
@@ -72,6 +75,12 @@ def test_pixelbert_matches_torchvision_bitwise():
     assert torch.equal(normalize_pixels(pixels[None], torch.tensor([[nh, nw]]))[0], ref)
 
 
+def test_an_image_already_at_its_output_size_is_not_resampled():
+    img = Image.fromarray(torch.randint(0, 256, (64, 96, 3), dtype=torch.uint8).numpy())  # 96 x 64 (w x h)
+    assert resized_hw(96, 64, 64) == (64, 96)
+    assert torch.equal(PixelBert(64)(img), T.PILToTensor()(img))
+
+
 def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path):
     """The loader ships uint8 canvases plus each image's size; normalising them on the model's device gives
     exactly the float32 canvas of normalised images on zeros that the official loader built."""
@@ -87,7 +96,38 @@ def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path):
         expected[b, :, : view.shape[1], : view.shape[2]] = view
         assert list(batch["image_hw"][b]) == list(view.shape[1:])
     assert {it["missing_type"] for it in items} >= {2}  # a missing image is all ones after normalising
-    assert torch.equal(normalize_pixels(canvas, batch["image_hw"]), expected)
+    # the pixels keep PIL's H x W x 3 order through the loader; the transpose happens in normalize_pixels
+    assert canvas.is_contiguous(memory_format=torch.channels_last)
+    normalised = normalize_pixels(canvas, batch["image_hw"])
+    assert normalised.is_contiguous() and torch.equal(normalised, expected)
+
+
+def test_worker_batches_equal_main_process_batches(data, tmp_path):
+    """A loader worker builds the canvas in shared memory (channels-last, like the main-process collate);
+    the batches are the same either way."""
+    batches = []
+    for workers in (0, 1):
+        dm = build_datamodule(settings_of(data, tmp_path, num_workers=workers))
+        dm.setup("test")
+        batches.append(next(iter(dm.test_dataloader())))
+    main, worker = batches
+    assert worker["image"][0].is_contiguous(memory_format=torch.channels_last)
+    for key in ("image_hw", "text_ids", "text_masks", "label", "missing_type"):
+        assert torch.equal(main[key], worker[key]), key
+    assert torch.equal(main["image"][0], worker["image"][0])
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P"])
+def test_non_rgb_images_are_converted_as_pil_converts_them(mode):
+    rgb = Image.fromarray(torch.randint(0, 256, (40, 30, 3), dtype=torch.uint8).numpy())
+    buffer = io.BytesIO()
+    rgb.convert(mode).save(buffer, format="JPEG" if mode == "CMYK" else "PNG")
+    table = pa.table({"image": [buffer.getvalue()], "text": [["a"]], "label": [0]})
+    ds = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), torch.zeros(1))
+    (view,) = ds[0]["image"]
+    decoded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    nh, nw = resized_hw(30, 40, 64)
+    assert torch.equal(view, T.PILToTensor()(decoded.resize((nw, nh), Image.BICUBIC)))
 
 
 def test_randaug_key_keeps_the_resize_rule():

@@ -113,7 +113,9 @@ class ArrowDataset(Dataset):
         try:
             img = Image.open(io.BytesIO(self.images[row].as_py()))
             if not missing or self.decode_missing:
-                img = img.convert("RGB")  # decodes the whole image
+                img.load()  # decodes the whole image
+                if img.mode != "RGB":  # (convert to the same mode would be a plain copy)
+                    img = img.convert("RGB")
         except Exception as e:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
             raise BadImageError(
                 f"{self.source}: row {row}: image bytes cannot be decoded ({type(e).__name__}: {e}); "
