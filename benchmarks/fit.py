@@ -65,6 +65,7 @@ class Timer(pl.Callback):
 def model_only(config: dict, loader, steps: int) -> tuple[float, float]:
     """(train, eval) samples/s of the TaskModule on one resident batch, with the run's precision."""
     from mdpl.modules import TaskModule, create_model
+    from mdpl.modules.frozen_cast import MIXED_DTYPES, cast_frozen
     from mdpl.settings import Settings
     from mdpl.train import precision
 
@@ -76,8 +77,10 @@ def model_only(config: dict, loader, steps: int) -> tuple[float, float]:
         k: ([v[0].to(device)] if k == "image" else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
     }
     p = precision(settings)
-    amp = dict(device_type=device.type, dtype=torch.float16 if p == "16-mixed" else torch.bfloat16,
-               enabled=p != "32-true")  # fmt: skip
+    dtype = MIXED_DTYPES.get(p)
+    amp = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    if dtype is not None:
+        cast_frozen(module, dtype)  # as FrozenCastCallback holds it in a run
     opt = torch.optim.AdamW([q for q in module.parameters() if q.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=p == "16-mixed")
     n = len(batch["label"])
@@ -110,6 +113,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="default 32 (8 with --quick)")
     ap.add_argument("--skip", type=int, default=5, help="train batches not timed at the start")
     ap.add_argument("--ratios", default="0.0,0.5,1.0")
+    ap.add_argument("--compile", action="store_true", help="torch_compile=True (training, sweep and model-only)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     samples = args.samples or (300 if args.quick else 3000)
@@ -125,7 +129,7 @@ def main() -> None:
             "task_finetune_food101", data_root=str(root / "arrows"), log_dir=str(root / "result"),
             missing_table_root=str(root / "tables") + "/", per_gpu_batchsize=batch, batch_size=batch,
             num_workers=workers, max_epoch=1, val_check_interval=0.5, num_gpus=1 if cuda else 0,
-            precision=16 if cuda else 32, food101_class_num=101 if samples >= 1010 else 10,
+            precision=16 if cuda else 32, food101_class_num=101 if samples >= 1010 else 10, torch_compile=args.compile,
             **(QUICK if args.quick else {}),
         )  # fmt: skip
         timer = Timer(args.skip)
@@ -163,7 +167,8 @@ def main() -> None:
         sweep_model_s = points * test_samples / model_eval
 
     device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\ndevice: {device}; {samples} samples (512x384 JPEGs), batch {batch}, {workers} workers")
+    compiled = ", torch_compile" if args.compile else ""
+    print(f"\ndevice: {device}; {samples} samples (512x384 JPEGs), batch {batch}, {workers} workers{compiled}")
     print(f"model only:  train {model_train:.1f} samples/s, eval {model_eval:.1f} samples/s")
     print(f"run.py fit:  train {train_sps:.1f} samples/s ({train_sps / model_train:.0%} of model-only), "
           f"validation {val_sps:.1f} samples/s ({val_sps / model_eval:.0%} of model-only eval)")  # fmt: skip

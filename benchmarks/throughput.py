@@ -7,7 +7,10 @@ Shapes: Food-101 text 512, images 384 x 576, batch 32; MM-IMDb text 1024, images
 texts have realistic real lengths (Food-101 titles 16-24 tokens, MM-IMDb plots 100-400), missing types
 0/1/2 mixed. Modes: "pruned" (the default model: official math, rows nothing reads are not computed),
 "unpruned" (official math computed in full: the baseline), "pruned+trim" (masked_query + trim_text: the text
-is cut to the batch's longest real text), "reference" (per-sample loops, explicit attention; dropout off).
+is cut to the batch's longest real text), "reference" (per-sample loops, explicit attention; dropout off);
+"+compile" after a mode runs its transformer blocks through torch.compile (config torch_compile; the compile
+happens in the warm-up steps). Under autocast the frozen backbone weights are held in the autocast dtype
+(frozen_cast), as a Lightning run holds them.
 The official code's figures on one H200 (fp16, batch 32 Food-101 / 16 MM-IMDb) are printed as the reference.
 
 FLOPs are counted analytically per sample (multiply-add = 2 FLOPs), over the 12 layers with the sequence
@@ -30,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from mdpl.modules import PromptedViLT
+from mdpl.modules.frozen_cast import cast_frozen
+from mdpl.modules.model import compile_model
 from mdpl.reference import base_config, reference_forward
 from mdpl.settings import Settings
 
@@ -100,14 +105,44 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB RSS (process so far)"
 
 
+def ops_per_step(step, device: torch.device) -> int:
+    """Launches of one profiled train step: CUDA kernels on a GPU; on a CPU, the aten operators called from
+    Python (not those nested inside another operator). A launch-bound step gains from fewer of them."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        step()
+        sync(device)
+    events = prof.events()
+    if cuda:
+        return sum(e.device_type == DeviceType.CUDA for e in events)
+
+    def top_level(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        return parent is None
+
+    return sum(e.name.startswith("aten::") and top_level(e) for e in events)
+
+
 def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict | None = None) -> dict:
     """Train and eval samples/s, peak memory and per-sample FLOPs of one mode; `overrides` change the
     model config (tests use a tiny model)."""
-    options = dict(masked_query=True, trim_text=True) if mode == "pruned+trim" else {}
+    parts = mode.split("+")
+    if parts[0] not in ("pruned", "unpruned", "reference") or not set(parts[1:]) <= {"trim", "compile"}:
+        raise SystemExit(f"unknown mode {mode!r}: pruned | unpruned | reference, then +trim and/or +compile")
+    options = dict(masked_query=True, trim_text=True) if "trim" in parts else {}
     c = make_config(task, **options, **(overrides or {}))
     torch.manual_seed(0)
     model = PromptedViLT(Settings.from_config(c).model).to(device)
-    model.prune = mode != "unpruned"
+    model.prune = parts[0] != "unpruned"
+    if args.amp_dtype is not None and mode != "reference":  # the reference reads the fp32 parameters
+        cast_frozen(model, args.amp_dtype)
+    if "compile" in parts:
+        compile_model(model)
     batch = make_batch(task, args.batch, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
@@ -148,7 +183,9 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
         out[phase] = args.batch * steps / (time.perf_counter() - t0)
         out[f"{phase}_mem"] = peak_memory(device)
 
-    T = int(batch["text_masks"].sum(1).max()) if mode == "pruned+trim" else c["max_text_len"]
+    if args.count_ops:
+        out["ops"] = ops_per_step(train_step, device)
+    T = int(batch["text_masks"].sum(1).max()) if "trim" in parts else c["max_text_len"]
     H, W = SHAPES[task]["image_hw"]
     patches = (H // c["patch_size"]) * (W // c["patch_size"])
     out["flops"] = flops_per_sample(c, T, 1 + patches, patches)
@@ -159,7 +196,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 2, one warm-up and two timed steps, Food-101 only")
     ap.add_argument("--tasks", help="default food101,mmimdb (food101 with --quick)")
-    ap.add_argument("--modes", default="pruned,unpruned,pruned+trim,reference")
+    ap.add_argument("--modes", default="pruned,unpruned,pruned+trim,reference", help="also: pruned+compile, ...")
     ap.add_argument("--batch", type=int, help="default: 32 Food-101 / 16 MM-IMDb (2 with --quick)")
     ap.add_argument("--steps", type=int, help="timed steps per phase (default 10 on CUDA, 2 on CPU)")
     ap.add_argument("--ref-steps", type=int, help="timed steps for the slow reference (default 2, 1 quick)")
@@ -167,6 +204,7 @@ def main() -> None:
     ap.add_argument("--amp", choices=["fp16", "bf16", "none"], help="default fp16 on CUDA, none on CPU")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    ap.add_argument("--count-ops", action="store_true", help="also count launches per train step (profiled)")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -205,11 +243,12 @@ def main() -> None:
                 if peak is None
                 else f", MFU train {r['train'] * train / peak / 1e12:.1%} eval {r['eval'] * fwd / peak / 1e12:.1%}"
             )
+            ops = f"; {r['ops']} {'kernels' if cuda else 'operators'} per train step" if "ops" in r else ""
             print(
                 f"{mode:>10}: train {r['train']:.3g} samples/s ({r['train'] * train / 1e12:.3g} TFLOP/s, "
                 f"peak {r['train_mem']}); eval {r['eval']:.3g} samples/s ({r['eval'] * fwd / 1e12:.3g} "
                 f"TFLOP/s, peak {r['eval_mem']}){mfu}; per sample {fwd / 1e9:.0f} GFLOP fwd, "
-                f"{train / 1e9:.0f} GFLOP train"
+                f"{train / 1e9:.0f} GFLOP train{ops}"
             )
         if "reference" in results:
             ref = results["reference"]
@@ -219,17 +258,18 @@ def main() -> None:
                         f"{mode:>10} / reference: train {results[mode]['train'] / ref['train']:.2f}x, "
                         f"eval {results[mode]['eval'] / ref['eval']:.2f}x"
                     )
-        if "pruned" in results and "unpruned" in results:
-            p, u = results["pruned"], results["unpruned"]
-            print(f"  pruned / unpruned: train {p['train'] / u['train']:.2f}x, eval {p['eval'] / u['eval']:.2f}x")
+        for a, b in [("pruned", "unpruned"), ("pruned+compile", "pruned"), ("pruned+trim+compile", "pruned+trim")]:
+            if a in results and b in results:
+                x, y = results[a], results[b]
+                print(f"  {a} / {b}: train {x['train'] / y['train']:.2f}x, eval {x['eval'] / y['eval']:.2f}x")
         if task in OFFICIAL_H200:
             tr, ev = OFFICIAL_H200[task]
             line = f"  official code (H200, fp16): train {tr} / eval {ev} samples/s"
             if cuda:  # a CPU run is not comparable
                 line += "".join(
                     f"; {m} vs official: train {results[m]['train'] / tr:.2f}x, eval {results[m]['eval'] / ev:.2f}x"
-                    for m in ("pruned", "unpruned", "pruned+trim")
-                    if m in results
+                    for m in results
+                    if m != "reference"
                 )
             print(line)
 

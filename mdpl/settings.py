@@ -47,6 +47,12 @@ def _int(config: dict, key: str, low: int) -> int:
     return value
 
 
+def _flag(config: dict, key: str) -> bool:
+    if not isinstance(config[key], bool):
+        _fail(key, config[key], "True or False")
+    return config[key]
+
+
 def _number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -228,6 +234,7 @@ class RunConfig:
     val_check_interval: float
     fast_dev_run: bool
     trust_checkpoint: bool
+    torch_compile: bool
 
 
 @dataclass(frozen=True)
@@ -266,7 +273,8 @@ def resolve(config: dict) -> dict:
     """A plain copy of sacred's read-only config with test_ratio / test_type applied to val and test (never
     train), as officially, so that hparams and records carry the settings actually used."""
     c = copy.deepcopy(plain(config))
-    c.setdefault("trust_checkpoint", False)
+    for key in ("trust_checkpoint", "torch_compile"):  # run keys newer than some saved configs
+        c.setdefault(key, False)
     for key, table in (("test_ratio", "missing_ratio"), ("test_type", "missing_type")):
         if c[key] is not None:
             c[table] = {**c[table], "val": c[key], "test": c[key]}
@@ -366,7 +374,7 @@ def _run(c: dict) -> RunConfig:
         finetune_first=bool(c["finetune_first"]), test_exp_name=c["test_exp_name"], records_root=c["records_root"],
         num_gpus=c["num_gpus"], num_nodes=c["num_nodes"], cpu_processes=c["cpu_processes"],
         precision=PRECISIONS[str(c["precision"])], val_check_interval=v, fast_dev_run=c["fast_dev_run"],
-        trust_checkpoint=bool(c["trust_checkpoint"]),
+        trust_checkpoint=_flag(c, "trust_checkpoint"), torch_compile=_flag(c, "torch_compile"),
     )  # fmt: skip
 
 

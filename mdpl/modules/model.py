@@ -20,8 +20,8 @@ from torch import Tensor
 
 from mdpl.modules.heads import Pooler, build_classifier, init_weights
 from mdpl.modules.map_prompts import MAPPrompts
-from mdpl.modules.prompts import MDPLPrompts, NoPrompts
-from mdpl.modules.vilt import TextEmbeddings, VisionTransformer
+from mdpl.modules.prompts import MDPLPrompts, NoPrompts, PromptMemory
+from mdpl.modules.vilt import Block, TextEmbeddings, VisionTransformer
 from mdpl.settings import ModelConfig
 from mdpl.tasks import TASKS
 from mdpl.transforms import normalize_pixels
@@ -121,3 +121,20 @@ class PromptedViLT(nn.Module):
         for task in self.cfg.tasks:
             out[f"{task}_logits"] = getattr(self, TASKS[task].head)(out["cls_feats"])
         return out
+
+
+def compile_model(model: PromptedViLT) -> None:
+    """torch.compile, in place, each transformer block and each MDPL prompt memory (config torch_compile). They
+    hold nearly all of the computation and of its kernel launches; the prompt assembly between blocks stays
+    eager (it reads data-dependent sizes: the kept-token counts). Same math up to float rounding; parameter
+    names and state-dict keys are unchanged (Module.compile wraps the call, not the module).
+
+    Shapes are dynamic from the first call (sequence lengths differ from batch to batch), so one graph serves
+    all image sizes and text lengths. Separate graphs are made per variant: train / eval, with or without
+    gradients, the pruned key and last-row forms (vilt.Block) and the autocast dtype; modules of one class
+    share them."""
+    # every variant is a recompile of the one forward; the default limit (8) would leave some to run eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    for module in model.modules():
+        if isinstance(module, (Block, PromptMemory)):
+            module.compile(dynamic=True)

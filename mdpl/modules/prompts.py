@@ -85,31 +85,32 @@ def max_query(tokens: Tensor, mask: Tensor, masked: bool) -> Tensor:
 
 
 class Side:
-    """One modality's slice of the sequence: its prompt region, then its tokens; counts shared prompts."""
+    """One modality's slice of the sequence: its prompt region, then its tokens; counts shared prompts.
+
+    The region is kept as a list of pieces and concatenated only once, with everything else, by `sequence`."""
 
     def __init__(self, tokens: Tensor, mask: Tensor) -> None:
-        self.prompts = tokens[:, :0]
+        self.region: list[Tensor] = []
         self.tokens, self.mask = tokens, mask
         self.shared = 0  # shared-prompt tokens at the front of the region
+
+    @property
+    def width(self) -> int:
+        return sum(p.shape[1] for p in self.region)
 
     def insert(self, shared: Tensor | None, generative: Tensor | None) -> None:
         """The official insertion rule, on either side:
         - both kinds at this layer: [new shared, new generative, previous region]
         - generative only: the new generative prompts after the region's first `shared` tokens
         - shared only: [new shared, previous region]"""
-        old = self.prompts
+        (old,) = self.region  # as read back from the hidden states before this layer: one piece
         if shared is not None and generative is not None:
-            parts = [shared, generative, old]
+            self.region = [shared, generative, old]
         elif generative is not None:
-            parts = [old[:, : self.shared], generative, old[:, self.shared :]]
+            self.region = [old[:, : self.shared], generative, old[:, self.shared :]]
         else:
-            parts = [shared, old]
-        self.prompts = torch.cat(parts, dim=1)
+            self.region = [shared, old]
         self.shared += 0 if shared is None else shared.shape[1]
-
-    def sequence(self) -> tuple[Tensor, Tensor]:
-        ones = self.mask.new_ones(self.mask.shape[0], self.prompts.shape[1])
-        return torch.cat([self.prompts, self.tokens], dim=1), torch.cat([ones, self.mask], dim=1)
 
     def compact(self, rows: tuple[Tensor, Tensor]) -> None:
         """Drop the padded tokens: rows = kept_rows(mask) of the tokens as they are now (not yet compacted)."""
@@ -119,10 +120,18 @@ class Side:
         """(index, mask) of this side's key rows in the whole sequence, the side starting at `offset`:
         every prompt, then the real tokens (rows = kept_rows(mask) of the uncompacted tokens)."""
         index, valid = rows
-        B, P = index.shape[0], self.prompts.shape[1]
+        B, P = index.shape[0], self.width
         prompts = torch.arange(offset, offset + P, device=index.device).expand(B, P)
         mask = torch.cat([valid.new_ones(B, P), self.mask.gather(1, index).bool() & valid], dim=1)
         return torch.cat([prompts, index + offset + P], dim=1), mask
+
+
+def sequence(t: Side, v: Side) -> tuple[Tensor, Tensor]:
+    """The whole sequence [text region | text | image region | image] and its mask, in one concatenation each."""
+    B = t.mask.shape[0]
+    x = torch.cat([*t.region, t.tokens, *v.region, v.tokens], dim=1)
+    ones_t, ones_v = t.mask.new_ones(B, t.width), t.mask.new_ones(B, v.width)
+    return x, torch.cat([ones_t, t.mask, ones_v, v.mask], dim=1)
 
 
 class MDPLPrompts(nn.Module):
@@ -199,9 +208,8 @@ class MDPLPrompts(nn.Module):
             s = self.shared_layers.index(layer) if layer in self.shared_layers else None
             if g is not None or s is not None or layer == drop_at:
                 # the hidden states before this layer's insertion (the embeddings at layer 0)
-                t.prompts, t.tokens, v.prompts, v.tokens = x.split(
-                    [t.prompts.shape[1], t.tokens.shape[1], v.prompts.shape[1], v.tokens.shape[1]], dim=1
-                )
+                pt, t.tokens, pv, v.tokens = x.split([t.width, t.tokens.shape[1], v.width, v.tokens.shape[1]], dim=1)
+                t.region, v.region = [pt], [pv]
                 if g is not None or s is not None:
                     p_t = p_v = s_t = s_v = None
                     if g is not None:
@@ -221,18 +229,16 @@ class MDPLPrompts(nn.Module):
                 if layer == drop_at:  # (a): the last query has read the pad rows; nothing reads them any more
                     t.compact(t_rows)
                     v.compact(v_rows)
-                (xt, mt), (xv, mv) = t.sequence(), v.sequence()
-                x, mask = torch.cat([xt, xv], dim=1), torch.cat([mt, mv], dim=1)
+                x, mask = sequence(t, v)
                 keys = None
             if layer < drop_at and keys is None:  # (c): pads are still queries, never keys
                 (it, kt) = t.key_rows(t_rows, 0)
-                (iv, kv) = v.key_rows(v_rows, t.prompts.shape[1] + t.tokens.shape[1])
+                (iv, kv) = v.key_rows(v_rows, t.width + t.tokens.shape[1])
                 keys = torch.cat([it, iv], dim=1), torch.cat([kt, kv], dim=1)
-            x = block(x, mask, keys=keys, row=t.prompts.shape[1] if prune and layer == last else None)  # (b)
+            x = block(x, mask, keys=keys, row=t.width if prune and layer == last else None)  # (b)
         if prune:
             return x, 0, None
-        nt = t.prompts.shape[1]
-        return x, nt, nt + t.tokens.shape[1] + v.prompts.shape[1]
+        return x, t.width, t.width + t.tokens.shape[1] + v.width
 
 
 class NoPrompts(nn.Module):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mdpl.gadgets.metrics import TaskMetrics
 from mdpl.modules.frozen_cast import FrozenCastCallback
-from mdpl.modules.model import PromptedViLT, inline_module
+from mdpl.modules.model import PromptedViLT, compile_model, inline_module
 from mdpl.modules.objectives import compute_task
 from mdpl.modules.optim import build_optimizer, build_scheduler
 from mdpl.settings import Settings
@@ -60,6 +60,8 @@ class TaskModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.settings = Settings.from_config(config)
         inline_module(self, "model", model if model is not None else PromptedViLT(self.settings.model))
+        if self.settings.run.torch_compile:
+            compile_model(self.model)
         cfg = self.settings.model
         self.task_metrics = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})  # not saved in checkpoints
         self._first_bad: Tensor | None = None  # (loss, epoch, global step) of the first non-finite loss
