@@ -47,7 +47,7 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
     monkeypatch.setitem(
         throughput.SHAPES, "food101", dict(text_len=8, image_hw=(64, 96), batch=2, real_text=(3, 5), classes=101)
     )
-    args = argparse.Namespace(batch=2, steps=1, ref_steps=1, warmup=0, amp_dtype=None)
+    args = argparse.Namespace(batch=2, steps=1, ref_steps=1, warmup=0, amp_dtype=None, count_ops=True)
     tiny = dict(
         hidden_size=32,
         num_heads=4,
@@ -61,8 +61,10 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
     )
     for mode in ["pruned", "unpruned", "pruned+trim", "reference"]:
         r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
-        assert r["train"] > 0 and r["eval"] > 0
+        assert r["train"] > 0 and r["eval"] > 0 and r["ops"] > 0
     assert r["flops"][1] > r["flops"][0] > 0  # train > forward
+    with pytest.raises(SystemExit, match="'pruned\\+fast'"):
+        throughput.run_mode("food101", "pruned+fast", args, torch.device("cpu"), tiny)
 
 
 def test_dataloader_benchmark_builds_its_config_with_make_config(tmp_path, make_arrows):
