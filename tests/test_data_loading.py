@@ -102,6 +102,18 @@ def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path):
     assert normalised.is_contiguous() and torch.equal(normalised, expected)
 
 
+def test_image_views_keep_the_pixel_row_layout(data, tmp_path):
+    """Decoded views and missing-image placeholders alike are H x W x 3 in memory (3 x H x W views of it), so
+    the collate copies whole pixel rows into the channels-last canvas."""
+    dm = build_datamodule(settings_of(data, tmp_path, missing_ratio={"train": 0.5, "val": 0.5, "test": 0.5}))
+    dm.setup()
+    items = [dm.datasets["train"][j] for j in range(8)]
+    assert {it["missing_type"] for it in items} >= {0, 2}
+    for it in items:
+        (view,) = it["image"]
+        assert view.shape[0] == 3 and view.permute(1, 2, 0).is_contiguous()
+
+
 def test_worker_batches_equal_main_process_batches(data, tmp_path):
     """A loader worker builds the canvas in shared memory (channels-last, like the main-process collate);
     the batches are the same either way."""

@@ -122,6 +122,8 @@ class ArrowDataset(Dataset):
                 "re-run make_arrow, which checks every image"
             ) from e
         if missing and not self.decode_missing:
-            return [torch.full((3, *t.output_hw(*img.size)), MISSING_PIXEL, dtype=torch.uint8) for t in self.transforms]
+            # in the decoded views' H x W x 3 layout, so the collate copies it as fast (see to_uint8_tensor)
+            hw = [t.output_hw(*img.size) for t in self.transforms]
+            return [torch.full((h, w, 3), MISSING_PIXEL, dtype=torch.uint8).permute(2, 0, 1) for h, w in hw]
         views = [t(img) for t in self.transforms]
         return [torch.full_like(v, MISSING_PIXEL) for v in views] if missing else views
