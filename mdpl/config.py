@@ -139,7 +139,7 @@ def config():
     sweep_groups = []  # mdpl: a group name per sweep_paths entry (averaged); empty: by saved config less seed
     cpu_processes = 1  # mdpl: with num_gpus=0, CPU processes (DDP over gloo when > 1; tests and debugging)
     trust_checkpoint = False  # mdpl: True lets torch.load unpickle arbitrary objects (only for files you trust)
-    torch_compile = False  # mdpl: torch.compile each transformer block (same math; first steps compile)
+    torch_compile = False  # mdpl: torch.compile the transformer blocks and prompt memories (same math)
 
 
 def _finetune(exp_name: str, datasets: list, task: str, lr: float, val_check: float, text_len: int) -> dict:
