@@ -6,6 +6,7 @@ attention prompts) and plain ViLT, on batches with [PAD] text tokens and padded 
 import pytest
 import torch
 
+from mdpl import reference
 from mdpl.config import make_config
 from mdpl.modules.model import PromptedViLT
 from mdpl.modules.objectives import compute_task
@@ -15,25 +16,7 @@ from mdpl.settings import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SMALL = dict(
-    hidden_size=32,
-    num_heads=4,
-    num_layers=4,
-    image_size=64,
-    patch_size=16,
-    max_text_len=10,
-    vocab_size=50,
-    gen_prompt_length=3,
-    shared_prompt_length=2,
-    mem_size=6,
-    top_k=3,
-    prompt_length=4,
-    drop_rate=0.0,
-    patch_order="fixed",
-    gen_prompt_layers=[0, 1],
-    shared_prompt_layers=[0, 1],
-    prompt_layers=[0, 1],
-)
+SMALL = {**reference.SMALL, "prompt_length": 4, "prompt_layers": [0, 1]}  # the reference model, MAP prompts too
 TASKS = ("food101", "mmimdb", "hatememes")
 TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (1e-4, 1e-4)}  # (relative, absolute)
 # (gen_prompt_layers, shared_prompt_layers): memory queries ending early, at the last layer, never
