@@ -8,7 +8,8 @@ texts have realistic real lengths (Food-101 titles 16-24 tokens, MM-IMDb plots 1
 0/1/2 mixed. Modes: "pruned" (the default model: official math, rows nothing reads are not computed),
 "unpruned" (official math computed in full: the baseline), "pruned+trim" (masked_query + trim_text: the text
 is cut to the batch's longest real text), "reference" (per-sample loops, explicit attention; dropout off);
-"+compile" after a mode runs its transformer blocks through torch.compile (config torch_compile; the compile
+"+compile" after a mode runs its transformer blocks and prompt memories through torch.compile (config
+torch_compile; the compile
 happens in the warm-up steps). Under autocast the frozen backbone weights are held in the autocast dtype
 (frozen_cast), as a Lightning run holds them.
 The official code's figures on one H200 (fp16, batch 32 Food-101 / 16 MM-IMDb) are printed as the reference.
@@ -139,7 +140,7 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
     torch.manual_seed(0)
     model = PromptedViLT(Settings.from_config(c).model).to(device)
     model.prune = parts[0] != "unpruned"
-    if args.amp_dtype is not None and mode != "reference":  # the reference reads the fp32 parameters
+    if args.amp_dtype is not None and parts[0] != "reference":  # the reference reads the fp32 parameters
         cast_frozen(model, args.amp_dtype)
     if "compile" in parts:
         compile_model(model)
