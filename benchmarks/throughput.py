@@ -9,9 +9,8 @@ texts have realistic real lengths (Food-101 titles 16-24 tokens, MM-IMDb plots 1
 "unpruned" (official math computed in full: the baseline), "pruned+trim" (masked_query + trim_text: the text
 is cut to the batch's longest real text), "reference" (per-sample loops, explicit attention; dropout off);
 "+compile" after a mode runs its transformer blocks and prompt memories through torch.compile (config
-torch_compile; the compile
-happens in the warm-up steps). Under autocast the frozen backbone weights are held in the autocast dtype
-(frozen_cast), as a Lightning run holds them.
+torch_compile; the compile happens in the warm-up steps). Under autocast the frozen backbone weights are
+held in the autocast dtype (frozen_cast), as a Lightning run holds them.
 The official code's figures on one H200 (fp16, batch 32 Food-101 / 16 MM-IMDb) are printed as the reference.
 
 FLOPs are counted analytically per sample (multiply-add = 2 FLOPs), over the 12 layers with the sequence
