@@ -1,10 +1,11 @@
-# Two commands for a researcher: `make demo` and `make test`. Both set up .venv first if needed.
+# Two commands for a researcher: `make demo` and `make test` (`make test-fast` skips the slow tests). All set up
+# .venv first if needed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-fast demo clean
 
 setup: $(STAMP)
 
@@ -21,6 +22,12 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
+# The same without the tests marked slow (full-size models, DDP, subprocesses, the tiny recipes' training).
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q -m "not slow"
+
 # The README's "Small runs on the CPU" commands for Food-101: synthetic data, `tiny` training, a sweep.
 DEMO := data_root=demo_output/arrows log_dir=demo_output/result missing_table_root=demo_output/missing_tables/ \
 	records_root=demo_output/records food101_class_num=10 exp_name=demo_food101 \
@@ -28,7 +35,7 @@ DEMO := data_root=demo_output/arrows log_dir=demo_output/result missing_table_ro
 
 demo: $(STAMP)
 	rm -rf demo_output
-	$(PY) -m mdpl.synthetic food101 demo_output/raw --samples 400 --classes 10
+	$(PY) -m mdpl.data.synthetic food101 demo_output/raw --samples 400 --classes 10
 	$(PY) make_arrow.py --dataset food101 --root demo_output/raw --out demo_output/arrows
 	$(PY) run.py -l WARNING with task_finetune_food101 tiny $(DEMO)
 	$(PY) run.py -l WARNING sweep with task_finetune_food101 tiny $(DEMO) \

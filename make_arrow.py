@@ -8,7 +8,7 @@
 
 import argparse
 
-from mdpl.writers import WRITERS, convert
+from mdpl.data.writers import WRITERS, convert
 
 
 def main() -> None:

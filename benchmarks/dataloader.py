@@ -18,20 +18,22 @@ from pathlib import Path
 import torch
 
 from mdpl.config import make_config
-from mdpl.datamodules import build_datamodule
-from mdpl.settings import Settings
-from mdpl.synthetic import generate
-from mdpl.writers import WRITERS, convert
+from mdpl.data.datasets import Splits
+from mdpl.data.synthetic import generate
+from mdpl.data.writers import WRITERS, convert
+from mdpl.train.datamodule import MissingDataModule
+from mdpl.train.settings import Settings
 
 
 def samples_per_second(config: dict) -> float:
-    dm = build_datamodule(Settings.from_config(config))
+    dm = MissingDataModule(Splits(Settings.from_config(config).data))
+    dm.prepare_data()
     dm.setup("fit")
     it = iter(dm.train_dataloader())
     next(it)  # start-up: worker launch and first batch
     start, n = time.perf_counter(), 0
     for batch in it:
-        n += len(batch["text"])
+        n += len(batch["label"])
     return n / (time.perf_counter() - start)
 
 

@@ -1,20 +1,22 @@
 """End-to-end throughput: training and a sweep through the real entry points, next to model-only figures.
 
     python benchmarks/fit.py                 # CUDA: ViT-B/32, fp16, Food-101-sized synthetic data, 16 workers
-    python benchmarks/fit.py --quick         # CPU: a small model and few samples (minutes on 2 cores)
+    python benchmarks/fit.py --quick         # CPU: a small model, 1,000 samples (a few minutes on 2 cores)
 
 It writes a synthetic Food-101 (512x384 JPEGs, titles of real length) and converts it with make_arrow's
-writer, then (1) trains one epoch with `mdpl.train.main` (what `python run.py with ...` runs) and times the
-steady-state train batches (the first `--skip` batches and every validation excluded) and the validation
-batches; (2) sweeps the trained checkpoint over 3 types x `--ratios` with `mdpl.sweep.sweep` and times the
-whole call; (3) times the same model on one resident batch (no loader): train steps and eval steps. The
-ratios printed are end-to-end / model-only of the same run.
+writer, then (1) trains one epoch with `mdpl.train.trainer.train` (what `python run.py with ...` runs) and times
+the steady-state train batches (the first `--skip` batches and every validation excluded) and the validation
+batches; (2) sweeps the trained checkpoint over 3 types x `--ratios` with `mdpl.sweep.grid.sweep` and times the
+whole call; (3) times the same model on one resident batch (no loader): train steps and eval steps. The ratios
+printed are end-to-end / model-only of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +25,15 @@ import pytorch_lightning as pl
 import torch
 
 from mdpl.config import make_config
-from mdpl.synthetic import generate
-from mdpl.writers import WRITERS, convert
+from mdpl.data.datasets import Splits
+from mdpl.data.synthetic import generate
+from mdpl.data.writers import WRITERS, convert
+from mdpl.model.factory import create_model
+from mdpl.sweep.grid import sweep
+from mdpl.train import trainer
+from mdpl.train.datamodule import MissingDataModule
+from mdpl.train.module import TaskModule
+from mdpl.train.settings import Settings
 
 QUICK = dict(hidden_size=128, num_layers=4, num_heads=4, image_size=128, gen_prompt_length=8, shared_prompt_length=8,
              gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1], max_text_len=64)  # fmt: skip
@@ -64,23 +73,16 @@ class Timer(pl.Callback):
 
 def model_only(config: dict, loader, steps: int) -> tuple[float, float]:
     """(train, eval) samples/s of the TaskModule on one resident batch, with the run's precision."""
-    from mdpl.modules import TaskModule, create_model
-    from mdpl.modules.frozen_cast import MIXED_DTYPES, cast_frozen
-    from mdpl.settings import Settings
-    from mdpl.train import precision
-
     settings = Settings.from_config(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = TaskModule(settings.config, create_model(settings)).to(device)
+    module = TaskModule(settings.config, create_model(settings.model)).to(device)
     batch = next(iter(loader))
     batch = {
         k: ([v[0].to(device)] if k == "image" else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()
     }
-    p = precision(settings)
-    dtype = MIXED_DTYPES.get(p)
+    p = trainer.precision(settings)
+    dtype = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(p)
     amp = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
-    if dtype is not None:
-        cast_frozen(module, dtype)  # as FrozenCastCallback holds it in a run
     opt = torch.optim.AdamW([q for q in module.parameters() if q.requires_grad], lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=p == "16-mixed")
     n = len(batch["label"])
@@ -108,7 +110,12 @@ def model_only(config: dict, loader, steps: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--samples", type=int, help="default 3000 (300 with --quick)")
+    ap.add_argument(
+        "--samples",
+        type=int,
+        help="default 3000 (1000 with --quick: 150 test samples, enough for the "
+        "sweep's fixed costs, about a second, not to dominate)",
+    )
     ap.add_argument("--workers", type=int, help="default 16 (2 with --quick)")
     ap.add_argument("--batch", type=int, help="default 32 (8 with --quick)")
     ap.add_argument("--skip", type=int, default=5, help="train batches not timed at the start")
@@ -116,7 +123,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch_compile=True (training, sweep and model-only)")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
-    samples = args.samples or (300 if args.quick else 3000)
+    samples = args.samples or (1000 if args.quick else 3000)
     workers = args.workers if args.workers is not None else (2 if args.quick else 16)
     batch = args.batch or (8 if args.quick else 32)
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -133,35 +140,30 @@ def main() -> None:
             **(QUICK if args.quick else {}),
         )  # fmt: skip
         timer = Timer(args.skip)
-        from mdpl import train
-
-        build = train.build_trainer
+        build = trainer.build_trainer
 
         def with_timer(*a, **k):
-            trainer = build(*a, **k)
-            trainer.callbacks.append(timer)
-            return trainer
+            built = build(*a, **k)
+            built.callbacks.append(timer)
+            return built
 
-        train.build_trainer = with_timer
-        train.main(config)
-        train.build_trainer = build
+        trainer.build_trainer = with_timer
+        with contextlib.redirect_stdout(io.StringIO()):  # a throwaway run in a temporary folder: no output
+            trainer.train(config)
+        trainer.build_trainer = build
         seconds = sum(t for t, _ in timer.train)
         train_sps = sum(n for _, n in timer.train) / seconds
         val_sps = timer.val_samples / timer.val if timer.val else float("nan")
 
-        from mdpl.datamodules import build_datamodule
-        from mdpl.settings import Settings
-
-        dm = build_datamodule(Settings.from_config(config))
+        dm = MissingDataModule(Splits(Settings.from_config(config).data))
         dm.setup()
         model_train, model_eval = model_only(config, dm.train_dataloader(), steps=10 if cuda else 3)
         test_samples = len(dm.datasets["test"])
 
-        from mdpl.sweep import sweep
-
         [ckpt] = glob.glob(str(root / "result" / "*" / "version_0" / "checkpoints" / "last.ckpt"))
         t0 = time.perf_counter()
-        sweep({**config, "load_path": ckpt, "sweep_ratios": ratios})
+        with contextlib.redirect_stdout(io.StringIO()):  # (the accuracy of one epoch of a small model)
+            sweep({**config, "load_path": ckpt, "sweep_ratios": ratios})
         sweep_s = time.perf_counter() - t0
         points = 3 * len(ratios)
         sweep_model_s = points * test_samples / model_eval

@@ -1,16 +1,18 @@
-"""Train-step and eval throughput of PromptedViLT against the slow reference (mdpl/reference.py).
+"""Train-step and eval throughput of a PromptedModel, against the slow references (tests/reference).
 
     python benchmarks/throughput.py            # CUDA: full shapes under fp16 autocast; CPU: full shapes in fp32
     python benchmarks/throughput.py --quick    # CPU run: Food-101, batch 2, 1 warm-up + 2 timed steps per phase
+    python benchmarks/throughput.py --quick --modes pruned,pruned:dcp@clip   # MDPL on ViLT beside DCP on CLIP
 
 Shapes: Food-101 text 512, images 384 x 576, batch 32; MM-IMDb text 1024, images 576 x 384, batch 16;
 texts have realistic real lengths (Food-101 titles 16-24 tokens, MM-IMDb plots 100-400), missing types
-0/1/2 mixed. Modes: "pruned" (the default model: official math, rows nothing reads are not computed),
-"unpruned" (official math computed in full: the baseline), "pruned+trim" (masked_query + trim_text: the text
-is cut to the batch's longest real text), "reference" (per-sample loops, explicit attention; dropout off);
-"+compile" after a mode runs its transformer blocks and prompt memories through torch.compile (config
-torch_compile; the compile happens in the warm-up steps). Under autocast the frozen backbone weights are
-held in the autocast dtype (frozen_cast), as a Lightning run holds them.
+0/1/2 mixed; on CLIP, 224 x 224 images and 77 tokens. Modes: "pruned" (the default model: official math,
+rows nothing reads are not computed), "unpruned" (official math computed in full: the baseline), "pruned+trim"
+(masked_query + trim_text: the text is cut to the batch's longest real text), "reference" (per-sample loops,
+explicit attention; dropout off); "+compile" after a mode runs its transformer blocks and prompt memories
+through torch.compile (config torch_compile; the compile happens in the warm-up steps). ":METHOD@BACKBONE" at
+the end picks another prompt method and backbone than MDPL on ViLT, e.g. "pruned:dcp@clip", "pruned:map",
+"reference:mdpl@clip" (FLOPs and MFU are counted for MDPL on ViLT only).
 The official code's figures on one H200 (fp16, batch 32 Food-101 / 16 MM-IMDb) are printed as the reference.
 
 FLOPs are counted analytically per sample (multiply-add = 2 FLOPs), over the 12 layers with the sequence
@@ -27,21 +29,25 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from mdpl.modules import PromptedViLT
-from mdpl.modules.frozen_cast import cast_frozen
-from mdpl.modules.model import compile_model
-from mdpl.reference import base_config, reference_forward
-from mdpl.settings import Settings
+from mdpl.model.model import PromptedModel, compile_model, official_name
+from mdpl.train.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the references live with the tests
+from reference import dcp, vilt  # noqa: E402
+from reference.common import base_config  # noqa: E402
 
 SHAPES = {
     "food101": dict(text_len=512, image_hw=(384, 576), batch=32, real_text=(16, 24), classes=101),
     "mmimdb": dict(text_len=1024, image_hw=(576, 384), batch=16, real_text=(100, 400), classes=23),
 }
+CLIP_SHAPE = dict(text_len=77, image_hw=(224, 224))  # CLIP's context and crop, whatever the task
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense fp16/bf16 tensor-core peaks
 OFFICIAL_H200 = {"food101": (75.3, 143.5), "mmimdb": (44.1, 87.0)}  # official code, samples/s (train, eval)
 
@@ -50,19 +56,23 @@ def make_config(task: str, **options) -> dict:
     return base_config(task, **{"max_text_len": SHAPES[task]["text_len"], **options})
 
 
-def make_batch(task: str, batch: int, device: torch.device, seed: int = 0) -> dict:
-    s = SHAPES[task]
+def make_batch(task: str, batch: int, device: torch.device, seed: int = 0, clip: bool = False) -> dict:
+    """The loader's batch: uint8 images on their canvas, token ids (CLIP: ending in end-of-text), codes 0/1/2."""
+    s = {**SHAPES[task], **(CLIP_SHAPE if clip else {})}
     g = torch.Generator().manual_seed(seed)
     H, W = s["image_hw"]
-    lengths = torch.randint(s["real_text"][0], s["real_text"][1] + 1, (batch,), generator=g)
+    lengths = torch.randint(s["real_text"][0], min(s["real_text"][1], s["text_len"]) + 1, (batch,), generator=g)
     masks = (torch.arange(s["text_len"])[None] < lengths[:, None]).long()
     ids = torch.randint(1000, 30000, masks.shape, generator=g) * masks
+    if clip:
+        ids[torch.arange(batch), lengths - 1] = 49407
     if task == "mmimdb":
         label = (torch.rand(batch, s["classes"], generator=g) > 0.8).float()
     else:
         label = torch.randint(0, s["classes"], (batch,), generator=g)
     b = {
-        "image": [torch.rand(batch, 3, H, W, generator=g) * 2 - 1],
+        "image": [torch.randint(0, 256, (batch, 3, H, W), generator=g, dtype=torch.uint8)],
+        "image_hw": torch.tensor([[H, W]] * batch),
         "text_ids": ids,
         "text_masks": masks,
         "label": label,
@@ -131,29 +141,35 @@ def ops_per_step(step, device: torch.device) -> int:
 def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict | None = None) -> dict:
     """Train and eval samples/s, peak memory and per-sample FLOPs of one mode; `overrides` change the
     model config (tests use a tiny model)."""
-    parts = mode.split("+")
+    variant, _, method = mode.partition(":")
+    method, _, backbone = (method or "mdpl").partition("@")
+    backbone = backbone or "vilt"
+    parts = variant.split("+")
     if parts[0] not in ("pruned", "unpruned", "reference") or not set(parts[1:]) <= {"trim", "compile"}:
-        raise SystemExit(f"unknown mode {mode!r}: pruned | unpruned | reference, then +trim and/or +compile")
+        raise SystemExit(f"unknown mode {mode!r}: pruned | unpruned | reference, then +trim and/or +compile, "
+                         "then :METHOD@BACKBONE")  # fmt: skip
     options = dict(masked_query=True, trim_text=True) if "trim" in parts else {}
-    c = make_config(task, **options, **(overrides or {}))
+    clip = backbone == "clip"
+    if method == "dcp":  # DCP's official prompt sizes
+        options.update(prompt_length=36, prompt_layers=[0, 1, 2, 3, 4, 5])
+    c = make_config(task, backbone=backbone, prompt_method=method, **{**options, **(overrides or {})})
     torch.manual_seed(0)
-    model = PromptedViLT(Settings.from_config(c).model).to(device)
+    model = PromptedModel(Settings.from_config(c).model).to(device)
     model.prune = parts[0] != "unpruned"
-    if args.amp_dtype is not None and parts[0] != "reference":  # the reference reads the fp32 parameters
-        cast_frozen(model, args.amp_dtype)
     if "compile" in parts:
         compile_model(model)
-    batch = make_batch(task, args.batch, device)
+    batch = make_batch(task, args.batch, device, clip=clip)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
     amp = dict(device_type=device.type, dtype=args.amp_dtype, enabled=args.amp_dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp_dtype == torch.float16)
-    steps = args.ref_steps if mode == "reference" else args.steps
-    params = dict(model.named_parameters()) | dict(model.named_buffers())
+    steps = args.ref_steps if parts[0] == "reference" else args.steps
+    reference = (dcp if method == "dcp" else vilt).reference_forward
+    params = {official_name(n): q for n, q in [*model.named_parameters(), *model.named_buffers()]}
 
     def forward() -> torch.Tensor:
-        if mode == "reference":
-            return reference_forward(params, c, batch)[f"{task}_logits"]
+        if parts[0] == "reference":
+            return reference(params, c, {**batch, "image": [batch["image"][0].cpu()]})[f"{task}_logits"]
         return model(batch)[f"{task}_logits"]
 
     def train_step() -> None:
@@ -170,7 +186,7 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
 
     out = {}
     for phase, step, train in [("train", train_step, True), ("eval", eval_step, False)]:
-        model.train(train and mode != "reference")
+        model.train(train and parts[0] != "reference")
         for _ in range(args.warmup):
             step()
         if device.type == "cuda":
@@ -188,7 +204,7 @@ def run_mode(task: str, mode: str, args, device: torch.device, overrides: dict |
     T = int(batch["text_masks"].sum(1).max()) if "trim" in parts else c["max_text_len"]
     H, W = SHAPES[task]["image_hw"]
     patches = (H // c["patch_size"]) * (W // c["patch_size"])
-    out["flops"] = flops_per_sample(c, T, 1 + patches, patches)
+    out["flops"] = flops_per_sample(c, T, 1 + patches, patches) if (method, backbone) == ("mdpl", "vilt") else None
     return out
 
 
@@ -237,28 +253,30 @@ def main() -> None:
                 print(f"{mode:>10}: out of memory")
                 torch.cuda.empty_cache()
                 continue
-            fwd, train = r["flops"]
-            mfu = (
-                ""
-                if peak is None
-                else f", MFU train {r['train'] * train / peak / 1e12:.1%} eval {r['eval'] * fwd / peak / 1e12:.1%}"
-            )
             ops = f"; {r['ops']} {'kernels' if cuda else 'operators'} per train step" if "ops" in r else ""
-            print(
-                f"{mode:>10}: train {r['train']:.3g} samples/s ({r['train'] * train / 1e12:.3g} TFLOP/s, "
-                f"peak {r['train_mem']}); eval {r['eval']:.3g} samples/s ({r['eval'] * fwd / 1e12:.3g} "
-                f"TFLOP/s, peak {r['eval_mem']}){mfu}; per sample {fwd / 1e9:.0f} GFLOP fwd, "
-                f"{train / 1e9:.0f} GFLOP train{ops}"
-            )
+            line = (f"{mode:>10}: train {r['train']:.3g} samples/s (peak {r['train_mem']}); eval {r['eval']:.3g} "
+                    f"samples/s (peak {r['eval_mem']})")  # fmt: skip
+            if r["flops"] is not None:
+                fwd, train = r["flops"]
+                line += (f"; {r['train'] * train / 1e12:.3g} / {r['eval'] * fwd / 1e12:.3g} TFLOP/s train / eval"
+                         f"; per sample {fwd / 1e9:.0f} GFLOP fwd, {train / 1e9:.0f} GFLOP train")  # fmt: skip
+                if peak is not None:
+                    line += (
+                        f", MFU train {r['train'] * train / peak / 1e12:.1%} eval {r['eval'] * fwd / peak / 1e12:.1%}"
+                    )
+            print(line + ops)
         if "reference" in results:
             ref = results["reference"]
             for mode in results:
-                if mode != "reference":
+                if ":" not in mode and mode != "reference":
                     print(
                         f"{mode:>10} / reference: train {results[mode]['train'] / ref['train']:.2f}x, "
                         f"eval {results[mode]['eval'] / ref['eval']:.2f}x"
                     )
-        for a, b in [("pruned", "unpruned"), ("pruned+compile", "pruned"), ("pruned+trim+compile", "pruned+trim")]:
+        pairs = [("pruned", "unpruned"), ("pruned+compile", "pruned"), ("pruned+trim+compile", "pruned+trim"),
+                 ("pruned:dcp@clip", "unpruned:dcp@clip"), ("pruned:dcp@clip", "pruned"),
+                 ("pruned:mdpl@clip", "pruned:dcp@clip")]  # fmt: skip
+        for a, b in pairs:
             if a in results and b in results:
                 x, y = results[a], results[b]
                 print(f"  {a} / {b}: train {x['train'] / y['train']:.2f}x, eval {x['eval'] / y['eval']:.2f}x")
@@ -269,7 +287,7 @@ def main() -> None:
                 line += "".join(
                     f"; {m} vs official: train {results[m]['train'] / tr:.2f}x, eval {results[m]['eval'] / ev:.2f}x"
                     for m in results
-                    if m != "reference"
+                    if not m.startswith("reference")
                 )
             print(line)
 

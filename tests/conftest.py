@@ -1,4 +1,5 @@
-"""Shared test settings (small thread pools for 2-core CI, no hub access) and fixtures.
+"""Shared test settings (small thread pools for 2-core CI, no hub access, Ctrl-C and SIGTERM that stop the suite)
+and fixtures.
 
 Fixtures:
 - `one_thread`: single-threaded torch for a test module (`pytestmark = pytest.mark.usefixtures("one_thread")`).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,33 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from reference.common import SMALL  # noqa: E402
+
 torch.set_num_threads(2)
+
+# Ctrl-C and SIGTERM stop the whole suite within seconds. Inside a Lightning fit or test, Lightning turns an
+# interrupt into a graceful stop of that run (a SystemExit the test reports as a failure), leaves SIGINT ignored,
+# and the suite would go on: so the signal is remembered, and the test's teardown ends the session.
+_STOP: list[int] = []
+
+
+def _stop(signum, frame) -> None:
+    _STOP.append(signum)
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _stop)
+
+
+@pytest.fixture(autouse=True)
+def _stop_when_interrupted():
+    yield
+    signal.signal(signal.SIGINT, _stop)  # a KeyboardInterrupt inside a Lightning run leaves SIGINT ignored
+    if _STOP:
+        pytest.exit(f"interrupted by signal {_STOP[0]}", returncode=130)
+
 
 REPO = Path(__file__).resolve().parents[1]
 # task -> (synthetic generator, make_arrow --dataset, named config)
@@ -29,33 +57,23 @@ TASKS = {
     "mmimdb": ("mmimdb", "mmimdb", "task_finetune_mmimdb"),
     "hatememes": ("hateful_memes", "hateful_memes", "task_finetune_hatememes"),
 }
-TINY = dict(  # a ViLT small enough for CPU tests (seconds per run)
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    image_size=64,
-    patch_size=32,
-    max_text_len=16,
-    gen_prompt_layers=[0, 1],
-    shared_prompt_layers=[0, 1],
-    prompt_layers=[0, 1],
-    gen_prompt_length=4,
-    shared_prompt_length=4,
-    prompt_length=4,
-    mem_size=4,
-    top_k=2,
-    food101_class_num=4,
-    num_gpus=0,
-    precision=32,
-    num_workers=0,
-    per_gpu_batchsize=4,
-    batch_size=8,
-    max_epoch=2,
-    max_steps=None,
-    learning_rate=1e-3,
-    val_check_interval=1.0,
-    patch_order="fixed",
-)
+# Runs through run.py use the one small test model (reference.common.SMALL) with the tokenizers' real
+# vocabularies, and these run settings: seconds per run on a CPU.
+TINY = {
+    **{key: value for key, value in SMALL.items() if key not in ("vocab_size", "clip_vocab_size")},
+    **dict(
+        food101_class_num=4,
+        num_gpus=0,
+        precision=32,
+        num_workers=0,
+        per_gpu_batchsize=4,
+        batch_size=8,
+        max_epoch=2,
+        max_steps=None,
+        learning_rate=1e-3,
+        val_check_interval=1.0,
+    ),
+}
 
 
 @pytest.fixture
@@ -70,8 +88,8 @@ def one_thread():
 
 def _make_arrows(root: Path, task: str, samples: int = 40) -> Path:
     """Synthetic raw data converted by make_arrow's writer; returns the data_root."""
-    from mdpl.synthetic import generate
-    from mdpl.writers import WRITERS, convert
+    from mdpl.data.synthetic import generate
+    from mdpl.data.writers import WRITERS, convert
 
     generator, writer, _ = TASKS[task]
     generate(generator, root / "raw", samples=samples, classes=4, side_range=(32, 96))

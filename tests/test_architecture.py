@@ -1,6 +1,7 @@
 """The architecture's contracts: checkpoints need no other file to load, evaluation rebuilds the model from
 the checkpoint's own config (test_only and sweep alike), a disagreeing model key on the command line is an
-error, and parameter names are the official flat ones whatever the prompt method."""
+error, and files hold the official flat parameter names whatever the prompt method (the model's own names are
+internal: backbone.*, prompts.*, {task}_classifier.*)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import pytest
 import torch
 
 from mdpl.config import make_config
-from mdpl.modules import PromptedViLT, TaskModule
-from mdpl.reference import small_config
-from mdpl.settings import ConfigError, Settings
-from mdpl.sweep import sweep
-from mdpl.train import main
+from mdpl.errors import ConfigError
+from mdpl.model.model import PromptedModel
+from mdpl.sweep.grid import sweep
+from mdpl.train.module import TaskModule
+from mdpl.train.run import main
+from mdpl.train.settings import Settings
+from reference.common import small_config
 
-BACKBONE = ("text_embeddings.", "token_type_embeddings.", "transformer.")
+BACKBONE = ("text_embeddings.", "token_type_embeddings.", "transformer.")  # official (file) names
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +40,24 @@ def test_load_from_checkpoint_needs_no_pretrained_file(data, tmp_path, tiny_conf
     # a synthetic pre-trained ViLT: the backbone of a tiny model without prompts
     source = tiny_config("food101", data, tmp_path / "source", prompt_method="none")
     torch.manual_seed(11)
-    backbone = {
-        k: v for k, v in PromptedViLT(Settings.from_config(source).model).state_dict().items() if k.startswith(BACKBONE)
-    }
+    model = PromptedModel(Settings.from_config(source).model)
+    backbone = {k: v for k, v in model.official_state_dict().items() if k.startswith(BACKBONE)}
     pretrained = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": backbone}, pretrained)
 
     out = tmp_path / "fit"
     main(tiny_config("food101", data, out, load_path=str(pretrained), max_epoch=1))
     run = _run_folder(out)
-    assert run.parent.name == "finetune_food101_both111_seed42_from_pretrained"  # the stem, no extension
+    assert run.parent.name == "mdpl_finetune_food101_seed42_from_pretrained"  # the stem, no extension
     ckpt_path = run / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     assert saved["hyper_parameters"]["config"]["load_path"] == str(pretrained)
-    for k, v in backbone.items():  # the frozen backbone is the pre-trained one
+    for k, v in backbone.items():  # the frozen backbone is the pre-trained one (the file holds official names)
         assert torch.equal(saved["state_dict"][k], v), k
 
     pretrained.unlink()
     module = TaskModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    own = module.state_dict()
+    own = module.model.official_state_dict()
     assert set(own) == set(saved["state_dict"])
     for k, v in saved["state_dict"].items():
         assert torch.equal(own[k], v), k
@@ -160,11 +162,13 @@ NAMES = {
 
 
 @pytest.mark.parametrize("method", ["mdpl", "map", "none"])
-def test_state_dict_keys_are_the_official_flat_names(method):
+def test_files_hold_the_official_flat_names(method):
+    """Was: the model's state_dict keys are the official flat names (the prompt part registered inline). Now the
+    model's own names are internal and official_state_dict() and checkpoints hold the official flat names."""
     config = small_config(prompt_method=method, prompt_layers=[0, 1])
-    model = PromptedViLT(Settings.from_config(config).model)
-    keys = set(model.state_dict())
-    assert not any(k.startswith(("prompts.", "model.")) for k in keys)
+    model = PromptedModel(Settings.from_config(config).model)
+    keys = set(model.official_state_dict())
+    assert not any(k.startswith(("prompts.", "model.", "backbone.")) for k in keys)
     assert {k.split(".")[0] for k in keys} == COMMON | PARTS[method]
     for name in NAMES[method] + [
         "pooler.dense.weight",
@@ -174,10 +178,36 @@ def test_state_dict_keys_are_the_official_flat_names(method):
         "token_type_embeddings.weight",
     ]:
         assert name in keys, name
-    # the Lightning module holds the model's parameters under the same names
+    # one official name per internal name, the same tensors, and from_official maps them back
+    internal = model.state_dict()
+    assert len(keys) == len(internal)
+    pairs = zip(internal.values(), model.official_state_dict().values())
+    assert all(a.data_ptr() == b.data_ptr() and a.shape == b.shape for a, b in pairs)
+    assert list(model.from_official(model.official_state_dict())) == list(internal)
+    # a checkpoint of the Lightning module holds the model's parameters under the same names, and loads back
     module = TaskModule(config, model)
-    assert set(module.state_dict()) == keys
-    assert {n for n, _ in module.named_parameters()} == {n for n, _ in model.named_parameters()}
-    # the prompt part's pieces are reachable both ways and are the same objects
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == keys
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])  # strict
+    assert {id(p) for p in module.parameters()} == {id(p) for p in model.parameters()}
+    # the prompt part's pieces are the prompt method's children, named as in the files
     for name in PARTS[method]:
-        assert getattr(model.prompts, name) is getattr(model, name)
+        assert getattr(model.prompts, name) is not None
+        assert any(k.startswith(f"prompts.{name}") for k in internal), name
+
+
+@pytest.mark.parametrize("method", ["mdpl", "map", "none"])
+def test_eval_and_train_reach_every_submodule(method):
+    """Was: the prompt part's pieces are registered on the model itself (reachable both ways). Now they are
+    registered under model.prompts, so the model's and the Lightning module's eval() / train() reach them."""
+    config = small_config(prompt_method=method, prompt_layers=[0, 1])
+    model = PromptedModel(Settings.from_config(config).model)
+    module = TaskModule(config, model)
+    prompt_modules = list(model.prompts.modules())
+    assert len(prompt_modules) == 1 + sum(1 for n, _ in model.named_modules() if n.startswith("prompts."))
+    for top, mode in ((model, False), (model, True), (module, False), (module, True)):
+        top.train(mode)
+        assert all(m.training is mode for m in model.modules())
+        assert all(m.training is mode for m in prompt_modules)

@@ -21,13 +21,13 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("P
 
 
 def generate(dataset, root, **kw):
-    from mdpl.synthetic import generate
+    from mdpl.data.synthetic import generate
 
     return generate(dataset, root, **{"samples": 10, "classes": 3, "side_range": (8, 16), **kw})
 
 
 def convert(dataset, root, out, **kw):
-    from mdpl.writers import WRITERS, convert
+    from mdpl.data.writers import WRITERS, convert
 
     return convert(WRITERS[dataset], root, out, **kw)
 
@@ -38,7 +38,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def titles(path: Path) -> list[str]:
-    from mdpl.datasets import read_arrow
+    from mdpl.data.arrow import read_arrow
 
     return [t[0] for t in read_arrow(path).column("text").to_pylist()]
 
@@ -219,7 +219,7 @@ def test_bad_input_leaves_an_earlier_conversion_untouched(tmp_path, case):
 
 
 def test_bad_image_during_writing_leaves_an_earlier_conversion_untouched(tmp_path):
-    from mdpl.writers import BadImageError
+    from mdpl.data.writers import BadImageError
 
     raw = generate("hateful_memes", tmp_path / "raw")
     convert("hateful_memes", tmp_path / "raw", tmp_path / "out")
@@ -250,8 +250,8 @@ def test_make_arrow_prints_one_line_naming_file_and_line(tmp_path):
 CHILD = """
 import os, sys, time
 from pathlib import Path
-import mdpl.writers.common as common
-from mdpl.writers import WRITERS
+import mdpl.data.writers.common as common
+from mdpl.data.writers import WRITERS
 
 root, out, marker, phase = sys.argv[1:5]
 
@@ -328,8 +328,8 @@ def test_conversion_killed_while_writing_leaves_the_old_files(tmp_path):
 
 @pytest.mark.slow  # starts other Python processes
 def test_conversion_killed_while_renaming_is_refused_then_completed(tmp_path):
-    from mdpl.datasets import read_arrow
-    from mdpl.writers.common import PENDING
+    from mdpl.data.arrow import read_arrow
+    from mdpl.data.writers.common import PENDING
 
     raw = generate("food101", tmp_path / "raw", samples=12)
     convert("food101", tmp_path / "raw", tmp_path / "out")
@@ -369,7 +369,7 @@ def _arrow(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["truncated", "text", "empty"])
 def test_unreadable_arrow_file_is_named(tmp_path, damage):
-    from mdpl.datasets import read_arrow
+    from mdpl.data.arrow import read_arrow
 
     path = _arrow(tmp_path)
     data = path.read_bytes()
@@ -395,19 +395,19 @@ def _with_bad_image(path: Path, row: int) -> None:
 def test_undecodable_image_names_arrow_file_and_row(tmp_path, code):
     import torch
 
-    from mdpl.datasets import ArrowDataset, read_arrow
-    from mdpl.transforms import keys_to_transforms
-    from mdpl.writers import BadImageError
+    from mdpl.data.arrow import ArrowDataset, read_arrow
+    from mdpl.data.transforms import keys_to_transforms
+    from mdpl.data.writers import BadImageError
 
     path = _arrow(tmp_path)
     _with_bad_image(path, 2)
     table = read_arrow(path)
     missing = torch.full((table.num_rows,), float(code))
-    ds = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), missing)
+    ds = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), [missing])
     ds[1]  # the other rows load
     with pytest.raises(BadImageError, match=rf"{path}: row 2: image bytes cannot be decoded"):
         ds[2]
-    named = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), missing, source="elsewhere.arrow")
+    named = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), [missing], source="elsewhere.arrow")
     with pytest.raises(BadImageError, match=r"^elsewhere\.arrow: row 2: "):
         named[2]
 
@@ -415,12 +415,12 @@ def test_undecodable_image_names_arrow_file_and_row(tmp_path, code):
 def test_arrow_without_a_needed_column_is_named(tmp_path):
     import torch
 
-    from mdpl.datasets import ArrowDataset, read_arrow
+    from mdpl.data.arrow import ArrowDataset, read_arrow
 
     path = _arrow(tmp_path)
     table = read_arrow(path)
     with pytest.raises(ValueError, match=rf"{path}: no column \['plots'\]"):
-        ArrowDataset(table, "plots", [], torch.zeros(table.num_rows))
+        ArrowDataset(table, "plots", [], [torch.zeros(table.num_rows)])
 
 
 # ---------------------------------------------------------------- missing tables
@@ -457,7 +457,7 @@ def _bad_tables():
 
 @pytest.mark.parametrize("case", ["garbage", "empty", "pickled object", "dict", "2-D", "code 3", "nan", "bool"])
 def test_bad_missing_table_file_is_named(tmp_path, case):
-    from mdpl.datasets import load_or_create
+    from mdpl.data.missing import load_or_create
 
     obj, raw, pattern = _bad_tables()[case]
     path = _saved(tmp_path, obj, raw)
@@ -470,7 +470,7 @@ def test_bad_missing_table_file_is_named(tmp_path, case):
 def test_truncated_missing_table_is_named(tmp_path):
     import torch
 
-    from mdpl.datasets import load_or_create
+    from mdpl.data.missing import load_or_create
 
     path = _saved(tmp_path, torch.zeros(1000))
     path.write_bytes(path.read_bytes()[:300])
@@ -481,33 +481,39 @@ def test_truncated_missing_table_is_named(tmp_path):
 def test_integer_codes_are_accepted(tmp_path):
     import torch
 
-    from mdpl.datasets import load_or_create
+    from mdpl.data.missing import load_or_create
 
     table = torch.tensor([0, 1, 2, 0, 0, 0, 0, 0, 0, 0])
     _saved(tmp_path, table)
     assert torch.equal(load_or_create(tmp_path, "x_train", 10, 0.5, "text", 0.5), table)
 
 
-@pytest.mark.parametrize(
-    "ratio,both,pattern",
-    [
-        ("0.7", 0.5, r"missing ratio must be a number in \[0, 1\], got '0\.7' \(str\)"),
-        (True, 0.5, r"missing ratio must be a number in \[0, 1\], got True \(bool\)"),
-        (float("nan"), 0.5, r"missing ratio must be a number in \[0, 1\], got nan"),
-        (-0.1, 0.5, r"missing ratio must be a number in \[0, 1\], got -0\.1"),
-        (0.5, 1.5, r"both_ratio must be a number in \[0, 1\], got both_ratio=1\.5"),
-        (0.5, -0.5, r"both_ratio must be a number in \[0, 1\], got both_ratio=-0\.5"),
-        (0.5, "0.5", r"both_ratio must be a number in \[0, 1\], got both_ratio='0\.5' \(str\)"),
-        (0.5, None, r"both_ratio must be a number in \[0, 1\], got both_ratio=None \(NoneType\)"),
-    ],
+BAD_RATIOS = ["0.7", True, float("nan"), -0.1]  # a string, a bool, NaN, out of [0, 1]
+BAD_BOTH = [1.5, -0.5, "0.5", None]
+RATIO_CASES = (
+    [("missing_ratio.train", {"missing_ratio": {"train": v}}, v) for v in BAD_RATIOS]
+    + [("missing_ratio.val", {"missing_ratio": {"val": "0.7"}}, "0.7")]
+    + [("test_ratio", {"test_ratio": v}, v) for v in BAD_RATIOS]
+    + [("both_ratio", {"both_ratio": v}, v) for v in BAD_BOTH]
 )
-def test_bad_ratios_name_the_key(tmp_path, ratio, both, pattern):
-    from mdpl.datasets import draw_table, load_or_create
 
-    with pytest.raises(ValueError, match=pattern):
-        load_or_create(tmp_path / "tables", "x_train", 10, ratio, "both", both)
-    with pytest.raises(ValueError, match=pattern):
-        draw_table(10, ratio, "both", both)
+
+@pytest.mark.parametrize("key,updates,value", RATIO_CASES, ids=[f"{k}={v!r}" for k, _, v in RATIO_CASES])
+def test_bad_ratios_name_the_key(tmp_path, key, updates, value):
+    """Bad missing ratios are refused by the settings (the one place values are checked), naming the key the
+    user typed and the value (its repr: a string shows its quotes), before any missing table is drawn."""
+    import re
+
+    from mdpl.config import make_config
+    from mdpl.errors import ConfigError
+    from mdpl.train.settings import Settings
+
+    config = make_config(
+        "task_finetune_food101", per_gpu_batchsize=1, missing_table_root=str(tmp_path / "tables"), **updates
+    )
+    pattern = rf"^config {re.escape(key)}={re.escape(repr(value))}: expected a number in \[0, 1\]$"
+    with pytest.raises(ConfigError, match=pattern):
+        Settings.from_config(config)
     assert not (tmp_path / "tables").exists()
 
 
@@ -516,8 +522,8 @@ def test_bad_ratios_name_the_key(tmp_path, ratio, both, pattern):
 
 def _append_many(root: str, worker: int, lines: int) -> None:
     from mdpl.config import make_config
-    from mdpl.gadgets.records import append_records
-    from mdpl.settings import Settings
+    from mdpl.train.records import append_records
+    from mdpl.train.settings import Settings
 
     settings = Settings.from_config(
         make_config(
@@ -539,8 +545,8 @@ def test_concurrent_record_appends_lose_no_line(tmp_path):
     procs = [ctx.Process(target=_append_many, args=(str(tmp_path), w, 50)) for w in range(6)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(timeout=120)
+    for p in procs:  # each child imports mdpl.train.settings (torch and Lightning): ~15 s of CPU on its own
+        p.join(timeout=300)
         assert p.exitcode == 0
     text = (tmp_path / "food101" / "food101_e_on_missing_both").read_text()
     assert text.endswith("\n")
@@ -551,7 +557,7 @@ def test_concurrent_record_appends_lose_no_line(tmp_path):
 
 
 def test_append_completes_a_torn_last_line(tmp_path):
-    from mdpl.gadgets.records import append_line_locked
+    from mdpl.train.records import append_line_locked
 
     path = tmp_path / "records"
     path.write_text("missing ratio: 0.7, Accur")  # a writer died mid-line (older code, or a full disk)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mdpl.settings import Settings
-from mdpl.train import path_stem, run_name
+from mdpl.train.settings import Settings
+from mdpl.train.trainer import path_stem, run_name
 
 NOISE = ("Changed type of config entry", "No observers have been added", "Tip:", "LeafSpec", "\r", "\x1b[")
 
@@ -35,7 +35,7 @@ def test_training_and_evaluation_logs_are_plain_and_say_what_they_did(tmp_path, 
     for noise in NOISE:
         assert noise not in log, noise
     assert log.count("num_workers=64 reduced to") == 1  # said once, not per loader
-    run = tmp_path / "result" / "finetune_food101_both111_seed42_from_" / "version_0"
+    run = tmp_path / "result" / "mdpl_finetune_food101_seed42_from_" / "version_0"
     assert f"run folder:      {run}" in log
     assert "best checkpoint: " in log and "(val/the_metric " in log
     assert f"last checkpoint: {run / 'checkpoints' / 'last.ckpt'}" in log
@@ -51,7 +51,7 @@ def test_training_and_evaluation_logs_are_plain_and_say_what_they_did(tmp_path, 
     assert "test metrics: food101/test/accuracy " in log
     assert f"records: appended to {records}" in log
     assert records.read_text().startswith("missing ratio: 0.5, Accuracy: ")
-    evaluation = tmp_path / "result" / "finetune_food101_both111_seed42_from_last_test_tiny_missing_image_0.5"
+    evaluation = tmp_path / "result" / "mdpl_finetune_food101_seed42_from_last_test_tiny_missing_image_0.5"
     assert (evaluation / "version_0" / "hparams.yaml").is_file()  # the resolved configuration of the run
 
 
@@ -68,10 +68,10 @@ def test_evaluation_runs_are_named_by_test_exp_name_type_and_ratio(tiny_config, 
     base = dict(load_path="runs/a/last.ckpt", test_only=True, test_type="text", test_ratio=0.3)
     named = Settings.from_config(tiny_config("food101", tmp_path, tmp_path, **base, test_exp_name="mdpl"))
     plain = Settings.from_config(tiny_config("food101", tmp_path, tmp_path, **base))
-    assert run_name(named) == "finetune_food101_both111_seed42_from_last_test_mdpl_missing_text_0.3"
-    assert run_name(plain) == "finetune_food101_both111_seed42_from_last_test_missing_text_0.3"
+    assert run_name(named) == "mdpl_finetune_food101_seed42_from_last_test_mdpl_missing_text_0.3"
+    assert run_name(plain) == "mdpl_finetune_food101_seed42_from_last_test_missing_text_0.3"
     train = Settings.from_config(tiny_config("food101", tmp_path, tmp_path, load_path="w/vilt.safetensors"))
-    assert run_name(train) == "finetune_food101_both111_seed42_from_vilt"
+    assert run_name(train) == "mdpl_finetune_food101_seed42_from_vilt"
 
 
 @pytest.mark.slow

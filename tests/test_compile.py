@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mdpl.modules import PromptedViLT
-from mdpl.modules.model import compile_model
-from mdpl.reference import make_batch, small_config
-from mdpl.settings import ConfigError, Settings
-from mdpl.train import main
+from mdpl.errors import ConfigError
+from mdpl.model.model import PromptedModel, compile_model
+from mdpl.train.run import main
+from mdpl.train.settings import Settings
+from reference.common import make_batch, small_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 # the tiny training config with small_config's heads and top-k: the Lightning runs reuse the graphs compiled
@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 SAME_GRAPHS = dict(num_heads=4, top_k=3, drop_rate=0.0)
 
 
-def _pair(**options) -> tuple[PromptedViLT, PromptedViLT]:
+def _pair(**options) -> tuple[PromptedModel, PromptedModel]:
     torch.manual_seed(0)
     settings = Settings.from_config(small_config("food101", **options))
-    eager = PromptedViLT(settings.model)
-    compiled = PromptedViLT(settings.model)
+    eager = PromptedModel(settings.model)
+    compiled = PromptedModel(settings.model)
     compiled.load_state_dict(eager.state_dict())
     compile_model(compiled)
     return eager, compiled
@@ -39,7 +39,9 @@ def _compiled_graphs() -> int:
 @pytest.mark.parametrize("options", [{}, dict(prompt_method="map", prompt_type="attention", prompt_layers=[0, 1])])
 def test_compiled_blocks_give_the_eager_logits_and_gradients(options):
     eager, compiled = _pair(**options)
-    assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep the official keys
+    assert list(compiled.state_dict()) == list(eager.state_dict())  # parameter names unchanged by compiling
+    assert list(compiled.official_state_dict()) == list(eager.official_state_dict())  # checkpoints: official keys
+    assert "transformer.blocks.0.attn.qkv.weight" in compiled.official_state_dict()
     before = _compiled_graphs()
     # three image sizes and text lengths: one dynamic graph per variant serves them all
     for seed, hw in [(0, (64, 96)), (1, (96, 64)), (2, (64, 64))]:

@@ -97,14 +97,15 @@ def test_our_keys_default_to_official_behaviour():
     assert cfg["masked_query"] is False and cfg["fp32_similarity"] is False and cfg["trim_text"] is False
     assert cfg["patch_order"] == "random" and cfg["table_draw"] == "official"
     assert cfg["mmimdb_one_plot"] is False
+    assert cfg["backbone"] == "vilt" and cfg["train_order"] == "official"  # official: train order seed 0
 
 
 @pytest.mark.parametrize(
     "name, exp_name, datasets, task, lr, val_check, text_len",
     [
-        ("task_finetune_mmimdb", "finetune_mmimdb_both", ["mmimdb"], "mmimdb", 5e-3, 0.2, 1024),
-        ("task_finetune_food101", "finetune_food101_both111", ["Food101"], "food101", 5e-3, 0.2, 512),
-        ("task_finetune_hatememes", "finetune_hatememes", ["Hatefull_Memes"], "hatememes", 1e-3, 0.11, 128),
+        ("task_finetune_mmimdb", "mdpl_finetune_mmimdb", ["mmimdb"], "mmimdb", 5e-3, 0.2, 1024),
+        ("task_finetune_food101", "mdpl_finetune_food101", ["Food101"], "food101", 5e-3, 0.2, 512),
+        ("task_finetune_hatememes", "mdpl_finetune_hatememes", ["Hatefull_Memes"], "hatememes", 1e-3, 0.11, 128),
     ],
 )
 def test_task_named_configs(name, exp_name, datasets, task, lr, val_check, text_len):
@@ -137,4 +138,4 @@ def test_print_config_from_any_folder(tmp_path, in_git_repo):
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "finetune_food101_both111" in out.stdout
+    assert "mdpl_finetune_food101" in out.stdout

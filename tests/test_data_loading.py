@@ -7,18 +7,23 @@ import random
 import pyarrow as pa
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import SequentialSampler
+from PIL import Image, ImageFile
+from torch.utils.data import DistributedSampler, SequentialSampler
 from torchvision import transforms as T
 
 from mdpl.config import make_config
-from mdpl.datamodules import build_datamodule, build_test_loader
-from mdpl.datasets import build_dataset
-from mdpl.datasets.arrow_dataset import ArrowDataset
-from mdpl.settings import ConfigError, Settings
-from mdpl.synthetic import generate
-from mdpl.transforms import PixelBert, keys_to_transforms, normalize_pixels, resized_hw
-from mdpl.writers import WRITERS, convert
+from mdpl.data.arrow import ArrowDataset
+from mdpl.data.collate import Collator
+from mdpl.data.datasets import Splits
+from mdpl.data.missing import IMAGE_MISSING, TEXT_MISSING, apply_missing
+from mdpl.data.synthetic import generate
+from mdpl.data.tokenizers import TextTokenizer
+from mdpl.data.transforms import PIXELBERT_MEAN_STD, PixelBert, keys_to_transforms, normalize_images, resized_hw
+from mdpl.data.writers import WRITERS, convert
+from mdpl.errors import ConfigError
+from mdpl.train.datamodule import EpochSampler, FixedPermutation, MissingDataModule, loader
+from mdpl.train.evaluate import GridData, Shard
+from mdpl.train.settings import Settings
 
 NAMES = {"food101": "Food101", "mmimdb": "mmimdb", "hateful_memes": "Hatefull_Memes"}
 TASK = {"food101": "food101", "mmimdb": "mmimdb", "hateful_memes": "hatememes"}
@@ -55,6 +60,57 @@ def settings_of(data, tmp_path, name="food101", **updates) -> Settings:
     return Settings.from_config(config_of(data, tmp_path, name, **updates))
 
 
+def build_dataset(settings: Settings, split: str, dataset: str | None = None) -> ArrowDataset:
+    """The `split` dataset of settings.data.datasets[0] (or `dataset`) with its missing table (what a run builds:
+    Splits, the tables drawn in the official order, one table per dataset)."""
+    splits = Splits(settings.data)
+    dataset = dataset or settings.data.datasets[0]
+    return splits.dataset(split, dataset, [splits.tables_for()[dataset, split]])
+
+
+def build_datamodule(settings: Settings) -> MissingDataModule:
+    return MissingDataModule(Splits(settings.data))
+
+
+def collator(settings: Settings, substitute: bool = True) -> Collator:
+    return Collator(TextTokenizer(settings.data.tokenizer, settings.data.max_text_len), substitute)
+
+
+def ordered_test_loader(settings: Settings):
+    """A loader over the test split of settings.data.datasets[0], in order, with the training collate."""
+    dataset = build_dataset(settings, "test")
+    return loader(dataset, settings.data, SequentialSampler(dataset), collator(settings))
+
+
+def codes(dataset: ArrowDataset) -> list[int]:
+    """Each row's code in the dataset's (one) missing table."""
+    return [c for (c,) in dataset.codes]
+
+
+def decoded_view(dataset: ArrowDataset, row: int, size: int = 64) -> torch.Tensor:
+    """The row's image decoded from the Arrow bytes and resized, independently of ArrowDataset."""
+    img = Image.open(io.BytesIO(dataset.images[row].as_py())).convert("RGB")
+    return PixelBert(size)(img)
+
+
+def normalised(view: torch.Tensor) -> torch.Tensor:
+    return view.float().div(255).sub(0.5).div(0.5)  # ToTensor + Normalize, as torchvision
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """A list that gets one entry per image decode (PIL's ImageFile.load) while the test runs."""
+    calls = []
+    real = ImageFile.ImageFile.load
+
+    def load(self):
+        calls.append(self)
+        return real(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return calls
+
+
 @pytest.mark.parametrize("w,h,out", [(500, 500, (384, 384)), (300, 450, (576, 384)), (1000, 300, (192, 608))])
 def test_pixelbert_resize_rule_examples(w, h, out):
     assert resized_hw(w, h, 384) == out
@@ -72,7 +128,7 @@ def test_pixelbert_matches_torchvision_bitwise():
     ref = T.Compose([T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])(img.resize((nw, nh), Image.BICUBIC))
     pixels = PixelBert(64)(img)
     assert pixels.dtype == torch.uint8  # a quarter of the float32 bytes through the loader
-    assert torch.equal(normalize_pixels(pixels[None], torch.tensor([[nh, nw]]))[0], ref)
+    assert torch.equal(normalize_images(pixels[None], torch.tensor([[nh, nw]]), PIXELBERT_MEAN_STD)[0], ref)
 
 
 def test_an_image_already_at_its_output_size_is_not_resampled():
@@ -81,37 +137,54 @@ def test_an_image_already_at_its_output_size_is_not_resampled():
     assert torch.equal(PixelBert(64)(img), T.PILToTensor()(img))
 
 
-def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path):
-    """The loader ships uint8 canvases plus each image's size; normalising them on the model's device gives
-    exactly the float32 canvas of normalised images on zeros that the official loader built."""
+def test_uint8_batches_normalise_to_the_float_canvas_bitwise(data, tmp_path, decodes):
+    """The loader ships uint8 canvases plus each image's size; normalising them on the model's device with the
+    missing codes gives exactly the float32 canvas the official loader built: normalised images on zeros, a
+    missing image all ones (and the loader never decodes a missing image)."""
     dm = build_datamodule(settings_of(data, tmp_path, missing_ratio={"train": 0.5, "val": 0.5, "test": 0.5}))
     dm.setup()
-    items = [dm.datasets["train"][j] for j in range(6)]
+    ds = dm.datasets["train"]
+    decodes.clear()
+    items = []
+    for j in range(6):
+        before = len(decodes)
+        items.append(ds[j])
+        assert (len(decodes) > before) == (items[-1]["codes"] != (IMAGE_MISSING,)), j  # decoded iff not missing
     batch = dm.collate(items)
     canvas = batch["image"][0]
     assert canvas.dtype == torch.uint8
+    assert {it["codes"][0] for it in items} >= {0, 2}
     expected = torch.zeros(canvas.shape)
     for b, it in enumerate(items):
-        view = it["image"][0].float().div(255).sub(0.5).div(0.5)  # ToTensor + Normalize, as torchvision
+        row, _ = ds.index[b]
+        view = normalised(decoded_view(ds, row))  # the official view, decoded here from the Arrow bytes
+        if it["codes"] == (IMAGE_MISSING,):
+            view = torch.ones_like(view)  # a missing image is all ones after normalising
         expected[b, :, : view.shape[1], : view.shape[2]] = view
         assert list(batch["image_hw"][b]) == list(view.shape[1:])
-    assert {it["missing_type"] for it in items} >= {2}  # a missing image is all ones after normalising
-    # the pixels keep PIL's H x W x 3 order through the loader; the transpose happens in normalize_pixels
+    # the pixels keep PIL's H x W x 3 order through the loader; the transpose happens in normalize_images
     assert canvas.is_contiguous(memory_format=torch.channels_last)
-    normalised = normalize_pixels(canvas, batch["image_hw"])
-    assert normalised.is_contiguous() and torch.equal(normalised, expected)
+    out = normalize_images(canvas, batch["image_hw"], PIXELBERT_MEAN_STD, batch["missing_type"] == IMAGE_MISSING)
+    assert out.is_contiguous() and torch.equal(out, expected)
 
 
 def test_image_views_keep_the_pixel_row_layout(data, tmp_path):
-    """Decoded views and missing-image placeholders alike are H x W x 3 in memory (3 x H x W views of it), so
-    the collate copies whole pixel rows into the channels-last canvas."""
+    """Decoded views are H x W x 3 in memory (3 x H x W views of it), so the collate copies whole pixel rows
+    into the channels-last canvas; a missing image, not decoded, is zeros of the transformed shape (the package
+    ships them as a zero-stride view, without memory of their own)."""
     dm = build_datamodule(settings_of(data, tmp_path, missing_ratio={"train": 0.5, "val": 0.5, "test": 0.5}))
     dm.setup()
-    items = [dm.datasets["train"][j] for j in range(8)]
-    assert {it["missing_type"] for it in items} >= {0, 2}
-    for it in items:
+    ds = dm.datasets["train"]
+    items = [ds[j] for j in range(8)]
+    assert {it["codes"][0] for it in items} >= {0, 2}
+    for j, it in enumerate(items):
         (view,) = it["image"]
-        assert view.shape[0] == 3 and view.permute(1, 2, 0).is_contiguous()
+        assert view.shape == decoded_view(ds, ds.index[j][0]).shape and view.shape[0] == 3
+        if it["codes"] == (IMAGE_MISSING,):  # zeros, either in that layout or with no memory of their own
+            assert (view == 0).all() and (view.permute(1, 2, 0).is_contiguous() or view.stride() == (0, 0, 0))
+        else:
+            assert view.permute(1, 2, 0).is_contiguous()
+    assert dm.collate(items)["image"][0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_worker_batches_equal_main_process_batches(data, tmp_path):
@@ -119,12 +192,10 @@ def test_worker_batches_equal_main_process_batches(data, tmp_path):
     the batches are the same either way."""
     batches = []
     for workers in (0, 1):
-        dm = build_datamodule(settings_of(data, tmp_path, num_workers=workers))
-        dm.setup("test")
-        batches.append(next(iter(dm.test_dataloader())))
+        batches.append(next(iter(ordered_test_loader(settings_of(data, tmp_path, num_workers=workers)))))
     main, worker = batches
     assert worker["image"][0].is_contiguous(memory_format=torch.channels_last)
-    for key in ("image_hw", "text_ids", "text_masks", "label", "missing_type"):
+    for key in ("image_hw", "text_ids", "text_masks", "label", "missing_type", "codes"):
         assert torch.equal(main[key], worker[key]), key
     assert torch.equal(main["image"][0], worker["image"][0])
 
@@ -135,7 +206,7 @@ def test_non_rgb_images_are_converted_as_pil_converts_them(mode):
     buffer = io.BytesIO()
     rgb.convert(mode).save(buffer, format="JPEG" if mode == "CMYK" else "PNG")
     table = pa.table({"image": [buffer.getvalue()], "text": [["a"]], "label": [0]})
-    ds = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), torch.zeros(1))
+    ds = ArrowDataset(table, "text", keys_to_transforms(["pixelbert"], 64), [torch.zeros(1)])
     (view,) = ds[0]["image"]
     decoded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     nh, nw = resized_hw(30, 40, 64)
@@ -146,24 +217,28 @@ def test_randaug_key_keeps_the_resize_rule():
     random.seed(0)
     (t,) = keys_to_transforms(["pixelbert_randaug"], 64)
     assert t(Image.new("RGB", (50, 100), (10, 200, 30))).shape == (3, 96, 32)  # 128x64 capped at 106
-    with pytest.raises(ValueError, match="'nope'"):
-        keys_to_transforms(["nope"], 64)
+    for key in ("train_transform_keys", "val_transform_keys"):  # an unknown key is refused by the settings
+        with pytest.raises(ConfigError, match=rf"config {key}=\['nope'\]"):
+            Settings.from_config(make_config("task_finetune_food101", per_gpu_batchsize=1, **{key: ["nope"]}))
 
 
-def test_missing_text_and_image_items_and_collate(data, tmp_path):
+def test_missing_text_and_image_items_and_collate(data, tmp_path, decodes):
     complete = build_dataset(settings_of(data, tmp_path, missing_ratio={"train": 0, "val": 0, "test": 0}), "train")
     text = build_dataset(settings_of(data, tmp_path, missing_type={"train": "text", "val": "text", "test": "text"},
                                      missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")  # fmt: skip
     image = build_dataset(settings_of(data, tmp_path, missing_ratio={"train": 1.0, "val": 0, "test": 0}), "train")
-    a, t, i = complete[3], text[3], image[3]
-    assert (a["missing_type"], t["missing_type"], i["missing_type"]) == (0, 1, 2)
-    assert t["text"] == "" and a["text"] != ""
+    a, t = complete[3], text[3]
+    decodes.clear()
+    i = image[3]
+    assert not decodes  # the missing image is not decoded
+    assert (a["codes"], t["codes"], i["codes"]) == ((0,), (1,), (2,))
+    assert t["text"] == a["text"] != ""  # items carry the complete text: the collate substitutes it
     assert torch.equal(t["image"][0], a["image"][0])
-    assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 255).all()  # all ones once normalised
+    assert i["image"][0].shape == a["image"][0].shape and (i["image"][0] == 0).all()  # zeros: never decoded
     assert i["text"] == a["text"] and a["label"].dtype == torch.long
 
-    dm = build_datamodule(settings_of(data, tmp_path))
-    batch = dm.collate([a, t, i])
+    collate = collator(settings_of(data, tmp_path))
+    batch = collate([a, t, i])
     h = max(x["image"][0].shape[1] for x in (a, t, i))
     w = max(x["image"][0].shape[2] for x in (a, t, i))
     assert len(batch["image"]) == 1 and batch["image"][0].shape == (3, 3, h, w)
@@ -173,12 +248,32 @@ def test_missing_text_and_image_items_and_collate(data, tmp_path):
     assert batch["text_ids"].shape == batch["text_masks"].shape == (3, 16)
     assert batch["text_ids"][1].tolist() == [101, 102] + [0] * 14  # "" -> [CLS] [SEP] pads
     assert batch["text_masks"][1].tolist() == [1, 1] + [0] * 14
-    assert set(batch) == {"image", "image_hw", "text", "text_ids", "text_masks", "label", "missing_type"}  # no MLM
+    keys = {"image", "image_hw", "text_ids", "text_masks", "empty_ids", "empty_masks", "label", "codes", "missing_type"}
+    assert set(batch) == keys  # no MLM inputs, no raw strings
     assert batch["image_hw"].tolist() == [list(x["image"][0].shape[1:]) for x in (a, t, i)]
     assert batch["missing_type"].tolist() == [0, 1, 2] and batch["missing_type"].dtype == torch.long
+    assert batch["codes"].tolist() == [[0, 1, 2]]
     assert batch["label"].dtype == torch.long and batch["label"].shape == (3,)
-    assert batch["text"] == [a["text"], "", a["text"]]
+    ids, masks = TextTokenizer("bert-base-uncased", 16)([a["text"]])
+    for b in (0, 2):  # the complete text, for the complete sample and the one missing its image
+        assert torch.equal(batch["text_ids"][b], ids[0]) and torch.equal(batch["text_masks"][b], masks[0])
     assert "text_ids_mlm" not in batch
+
+    # once normalised with the missing codes: the official values (normalised pixels, ones in a missing image)
+    out = normalize_images(batch["image"][0], batch["image_hw"], PIXELBERT_MEAN_STD, batch["missing_type"] == 2)
+    view = normalised(decoded_view(complete, 3))
+    vh, vw = view.shape[1:]
+    for b in (0, 1, 2):
+        inside = torch.ones_like(view) if b == 2 else view  # 1.0 inside the missing image
+        assert torch.equal(out[b, :, :vh, :vw], inside), b
+        assert (out[b, :, vh:] == 0).all() and (out[b, :, :, vw:] == 0).all(), b  # 0 outside every image
+
+    # without substitution (evaluation) the batch holds the complete inputs; apply_missing gives the same batch
+    plain = collator(settings_of(data, tmp_path), substitute=False)([a, t, i])
+    assert "missing_type" not in plain and torch.equal(plain["text_ids"][1], ids[0])
+    applied = apply_missing(plain, plain["codes"][0])
+    for key in ("text_ids", "text_masks", "missing_type", "image_hw", "label"):
+        assert torch.equal(applied[key], batch[key]), key
 
 
 def test_no_mlm_keys_even_with_mlm_in_loss_names(data, tmp_path):
@@ -194,19 +289,21 @@ def test_mmimdb_one_sample_per_plot_row_major(data, tmp_path):
     ds = build_dataset(cfg, "train")
     expected = [(r, k) for r, plots in enumerate(ds.texts) for k in range(len(plots))]
     assert len(ds) == len(expected) > len(ds.texts)  # the synthetic movies have 1-3 plots
-    for j, (r, k) in enumerate(expected):
-        item = ds[j]
-        assert item["missing_type"] == ds.missing[r]  # row-level missing status
-        assert item["text"] == ("" if ds.missing[r] == 1 else ds.texts[r][k])
+    items = [ds[j] for j in range(len(ds))]
+    for item, (r, k) in zip(items, expected):
+        assert item["codes"] == ds.codes[r]  # row-level missing status
+        assert item["text"] == ds.texts[r][k]  # the complete plot (the collate substitutes a missing text)
         assert torch.equal(item["label"], ds.labels[r]) and item["label"].dtype == torch.float32
-    dm = build_datamodule(cfg)
-    dm.setup()
-    assert next(iter(dm.test_dataloader()))["label"].shape == (min(4, len(dm.datasets["test"])), 23)
+    assert set(codes(ds)) == {0, 1, 2}
+    batch = collator(cfg)(items)
+    tokenize = TextTokenizer("bert-base-uncased", 16)
+    for b, (r, k) in enumerate(expected):
+        ids, _ = tokenize(["" if ds.codes[r] == (TEXT_MISSING,) else ds.texts[r][k]])
+        assert torch.equal(batch["text_ids"][b], ids[0]), b
+    assert next(iter(ordered_test_loader(cfg)))["label"].shape == (min(4, len(build_dataset(cfg, "test"))), 23)
 
     one = build_dataset(settings_of(data, tmp_path, "mmimdb", mmimdb_one_plot=True), "train")
-    assert len(one) == len(one.texts) and [one[j]["text"] for j in range(3) if one.missing[j] != 1] == [
-        one.texts[j][0] for j in range(3) if one.missing[j] != 1
-    ]  # fmt: skip
+    assert len(one) == len(one.texts) and [one[j]["text"] for j in range(len(one))] == [t[0] for t in one.texts]
 
 
 def test_hatememes_loads(data, tmp_path):
@@ -219,20 +316,20 @@ def test_hatememes_loads(data, tmp_path):
 def test_setup_reproduces_the_official_table_sequence(data, tmp_path):
     cfg = settings_of(data, tmp_path, missing_type={"train": "image", "val": "text", "test": "both"},
                       missing_ratio={"train": 0.7, "val": 0.5, "test": 0.6})  # fmt: skip
-    random.seed(cfg.data.seed)  # what pl.seed_everything does to `random`
+    random.seed(cfg.data.seed + 1)  # official draws use their own stream seeded with the run seed
     dm = build_datamodule(cfg)
     dm.setup("fit")
     n = {s: dm.datasets[s].labels.shape[0] for s in ("train", "val", "test")}
-    random.seed(cfg.data.seed)
+    random.seed(cfg.data.seed)  # what pl.seed_everything did to `random` officially
     train = random.sample(range(n["train"]), int(n["train"] * 0.7))
     val = random.sample(range(n["val"]), int(n["val"] * 0.5))
     test = random.sample(range(n["test"]), int(n["test"] * 0.6))
     test_img = random.sample(test, int(len(test) * 0.5))
-    codes = {s: dm.datasets[s].missing for s in n}
-    assert sorted(r for r, c in enumerate(codes["train"]) if c == 2) == sorted(train)
-    assert sorted(r for r, c in enumerate(codes["val"]) if c == 1) == sorted(val)
-    assert sorted(r for r, c in enumerate(codes["test"]) if c == 2) == sorted(test_img)
-    assert sorted(r for r, c in enumerate(codes["test"]) if c > 0) == sorted(test)
+    got = {s: codes(dm.datasets[s]) for s in n}
+    assert sorted(r for r, c in enumerate(got["train"]) if c == 2) == sorted(train)
+    assert sorted(r for r, c in enumerate(got["val"]) if c == 1) == sorted(val)
+    assert sorted(r for r, c in enumerate(got["test"]) if c == 2) == sorted(test_img)
+    assert sorted(r for r, c in enumerate(got["test"]) if c > 0) == sorted(test)
     names = sorted(p.name for p in (tmp_path / "tables").iterdir())
     assert names == [
         "food101_test_missing_both_06.pt", "food101_train_missing_image_07.pt", "food101_val_missing_text_05.pt"
@@ -254,7 +351,7 @@ def test_prepare_data_draws_the_tables_that_every_rank_then_loads(data, tmp_path
     other_rank = build_datamodule(settings_of(data, tmp_path / "ddp", **settings))
     other_rank.setup("fit")
     for split in ("train", "val", "test"):
-        assert other_rank.datasets[split].missing == single.datasets[split].missing, split
+        assert other_rank.datasets[split].codes == single.datasets[split].codes, split
 
 
 def test_test_overrides_touch_val_and_test_only(data, tmp_path):
@@ -267,25 +364,73 @@ def test_test_overrides_touch_val_and_test_only(data, tmp_path):
     assert settings.config["missing_ratio"] == ratios and settings.config["missing_type"] == types  # recorded
     dm = build_datamodule(settings)
     dm.setup()
-    assert set(dm.datasets["test"].missing) == {0, 1} and set(dm.datasets["train"].missing) == {0, 2}
+    assert set(codes(dm.datasets["test"])) == {0, 1} and set(codes(dm.datasets["train"])) == {0, 2}
 
 
-def test_build_test_loader_leaves_config_alone(data, tmp_path):
+def test_evaluation_setting_leaves_config_alone(data, tmp_path):
+    """An evaluation at another (ratio, type) setting (the evaluator's path, which replaced build_test_loader)
+    leaves the settings alone and reads the test split in order with that setting's table."""
     cfg = settings_of(data, tmp_path)
-    before = copy.deepcopy(cfg.config)
-    loader = build_test_loader(cfg, 1.0, "text")
-    assert cfg.config == before and cfg.data.missing_ratio["test"] == 0.7 and cfg.data.missing_type["test"] == "image"
-    assert set(loader.dataset.missing) == {1} and isinstance(loader.sampler, SequentialSampler)
+    before, data_before = copy.deepcopy(cfg.config), cfg.data
+    splits = Splits(cfg.data)
+    drawn = splits.tables_for(cfg.data.at(1.0, "text"))
+    assert cfg.config == before and cfg.data == data_before
+    assert cfg.data.missing_ratio["test"] == 0.7 and cfg.data.missing_type["test"] == "image"
+    loader = GridData(splits, [{"Food101": drawn["Food101", "test"]}]).test_dataloader()
+    assert set(codes(loader.dataset)) == {1} and isinstance(loader.sampler, Shard)
+    assert list(loader.sampler) == list(range(len(loader.dataset)))  # in order
     assert len(loader.dataset) == 3  # the synthetic test split of 20 samples
 
 
-def test_loaders_shuffle_train_only(data, tmp_path):
+def torch_order(dataset, seed: int, epoch: int = 0) -> list[int]:
+    """torch's DistributedSampler(shuffle=True, seed) order at `epoch`, one process."""
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_loaders_shuffle_train_and_val_in_the_official_orders(data, tmp_path):
     dm = build_datamodule(settings_of(data, tmp_path))
     dm.setup()
     train, n = list(dm.train_dataloader().sampler), len(dm.datasets["train"])
     assert sorted(train) == list(range(n)) and train != list(range(n))  # every sample once, shuffled
-    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
-    assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
+    # val: one fixed permutation, DistributedSampler(shuffle=True, seed=0) at epoch 0, in every epoch and run
+    val_set = dm.datasets["val"]
+    official = torch_order(val_set, 0)
+    assert sorted(official) == list(range(len(val_set))) and official != list(range(len(val_set)))
+    for seed in (42, 7):  # another run (another seed) gives the same order
+        other = build_datamodule(settings_of(data, tmp_path, seed=seed))
+        other.setup()
+        sampler = other.val_dataloader().sampler
+        assert isinstance(sampler, FixedPermutation)
+        for epoch in (0, 1, 5):  # Lightning sets the epoch on every loader; the order stays
+            sampler.set_epoch(epoch)
+            assert list(sampler) == official, (seed, epoch)
+    # test (the evaluator's loader): in order
+    test = GridData(Splits(dm.cfg), [{"Food101": torch.zeros(len(dm.datasets["test"]))}]).test_dataloader()
+    assert list(test.sampler) == list(range(len(dm.datasets["test"])))
+
+
+def test_train_order_official_is_seed_0_at_any_run_seed_and_seeded_follows_the_seed(data, tmp_path):
+    def order(seed: int, train_order: str, epoch: int) -> list[int]:
+        dm = build_datamodule(settings_of(data, tmp_path, seed=seed, train_order=train_order))
+        dm.setup()
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, EpochSampler)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    dm = build_datamodule(settings_of(data, tmp_path))
+    dm.setup()
+    train = dm.datasets["train"]
+    assert dm.cfg.train_order == "official"  # the default
+    for epoch in (0, 1):
+        official = torch_order(train, 0, epoch)
+        assert order(42, "official", epoch) == order(7, "official", epoch) == official, epoch
+        for seed in (42, 7):
+            seeded = order(seed, "seeded", epoch)
+            assert seeded == torch_order(train, seed, epoch) and seeded != official, (seed, epoch)
+    assert torch_order(train, 0, 0) != torch_order(train, 0, 1)  # a new permutation each epoch
 
 
 def test_simulate_missing_applies_to_complete_training_rows_only(data, tmp_path):
@@ -293,8 +438,8 @@ def test_simulate_missing_applies_to_complete_training_rows_only(data, tmp_path)
     cfg = settings_of(data, tmp_path, simulate_missing=True, missing_ratio=zero)
     random.seed(0)
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
-    assert {train[j % len(train)]["missing_type"] for j in range(60)} == {0, 1, 2}
-    assert {val[j]["missing_type"] for j in range(len(val))} == {0}
+    assert {train[j % len(train)]["codes"] for j in range(60)} == {(0,), (1,), (2,)}
+    assert {val[j]["codes"] for j in range(len(val))} == {(0,)}
 
 
 def test_missing_arrow_file_names_the_make_arrow_command(tmp_path, data):

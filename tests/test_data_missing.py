@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from mdpl.datasets.missing import draw_table, load_or_create, table_path
+from mdpl.data.missing import draw_table, load_or_create, table_path
 
 
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.7, 1.0])
@@ -73,10 +73,25 @@ def test_length_mismatch_names_file_and_lengths(tmp_path):
 
 
 def test_unknown_type_or_bad_ratio_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="'none'"):
-        load_or_create(tmp_path, "x", 10, 0.5, "none", 0.5)
-    with pytest.raises(ValueError, match=r"\[0, 1\], got 1.5"):
-        load_or_create(tmp_path, "x", 10, 1.5, "text", 0.5)
+    """The settings refuse them, naming the key (mdpl.train.settings: the one place values are checked)."""
+    from mdpl.config import make_config
+    from mdpl.errors import ConfigError
+    from mdpl.train.settings import Settings
+
+    def settings(**updates):
+        root = str(tmp_path / "tables")
+        config = make_config("task_finetune_food101", per_gpu_batchsize=1, missing_table_root=root, **updates)
+        return Settings.from_config(config)
+
+    with pytest.raises(ConfigError, match=r"missing_type\.train='none'"):
+        settings(missing_type={"train": "none"})
+    with pytest.raises(ConfigError, match=r"test_type='none'"):
+        settings(test_type="none")
+    with pytest.raises(ConfigError, match=r"missing_ratio\.train=1\.5: expected a number in \[0, 1\]"):
+        settings(missing_ratio={"train": 1.5})
+    with pytest.raises(ConfigError, match=r"test_ratio=1\.5: expected a number in \[0, 1\]"):
+        settings(test_ratio=1.5)
+    assert not (tmp_path / "tables").exists()
 
 
 def _create(root, seed, queue):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from mdpl.synthetic import generate
-from mdpl.writers import WRITERS, BadImageError, convert
-from mdpl.writers.mmimdb import GENRES
+from mdpl.data.synthetic import generate
+from mdpl.data.writers import WRITERS, BadImageError, convert
+from mdpl.data.writers.mmimdb import GENRES
 
 ROOT = Path(__file__).resolve().parents[1]
 

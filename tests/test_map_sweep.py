@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdpl.sweep import sweep
-from mdpl.train import main
+from mdpl.sweep.grid import sweep
+from mdpl.train.run import main
 
 METHODS = {  # method -> (named config, extra updates)
     "map": ("task_finetune_food101_map", {}),
@@ -47,8 +47,8 @@ def test_map_training_updates_the_official_prompt_tensors(checkpoints):
     assert saved["prompt_method"] == "map" and saved["seed"] == 0
     assert saved["missing_type"] == {"train": "both", "val": "both", "test": "both"}
     sd = ckpt["state_dict"]
-    initial = torch.zeros(2, 4, 32)  # prompt_layers [0, 1], prompt_length 4, hidden 32; complete: row 0 = 1
-    initial[:, 0] = 1
+    initial = torch.zeros(len(saved["prompt_layers"]), saved["prompt_length"], saved["hidden_size"])
+    initial[:, 0] = 1  # complete_prompt starts as zeros with its first row of ones
     assert sd["complete_prompt"].shape == initial.shape and not torch.equal(sd["complete_prompt"], initial)
     assert not any(k.startswith(("gen_", "shared_", "bottleneck_")) for k in sd)
 

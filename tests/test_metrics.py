@@ -6,8 +6,9 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from mdpl.config import make_config
-from mdpl.gadgets.metrics import AUROC, Accuracy, MultilabelF1, TaskMetrics
-from mdpl.settings import ConfigError, ModelConfig, Settings
+from mdpl.errors import ConfigError
+from mdpl.train.metrics import AUROC, Accuracy, MultilabelF1, TaskMetrics
+from mdpl.train.settings import Settings, model_config
 
 
 def test_accuracy_ignores_minus_100_and_accumulates():
@@ -85,7 +86,7 @@ def test_task_metrics_mmimdb_uses_configured_class_count_and_f1_macro():
 
 
 def test_task_metrics_class_counts_come_from_the_model_config():
-    cfg = ModelConfig.from_config(make_config("task_finetune_mmimdb", mmimdb_class_num=4))
+    cfg = model_config(make_config("task_finetune_mmimdb", mmimdb_class_num=4))
     tm = TaskMetrics({t: cfg.num_classes(t) for t in cfg.tasks})
     assert tm.tasks == ["mmimdb"] and tm.phases["val_metrics"]["mmimdb"]["f1"].tp.shape == (4,)
 
@@ -94,6 +95,6 @@ def test_config_without_task_is_rejected():
     """The default loss_names (itm, mlm: pre-training objectives) name no fine-tuning task."""
     config = make_config(per_gpu_batchsize=4)
     with pytest.raises(ConfigError, match="loss_names"):
-        ModelConfig.from_config(config)
+        model_config(config)
     with pytest.raises(ConfigError, match="loss_names"):
         Settings.from_config(config)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from reference.common import SMALL
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -20,6 +22,8 @@ def _load_script(name: str):
 
 
 throughput = _load_script("throughput")
+# the small test model; the benchmark draws token ids from the tokenizers' real vocabularies
+MODEL = {key: value for key, value in SMALL.items() if not key.endswith("vocab_size")}
 
 
 def test_flop_count_by_hand():
@@ -48,23 +52,16 @@ def test_every_mode_runs_on_tiny_shapes(monkeypatch):
         throughput.SHAPES, "food101", dict(text_len=8, image_hw=(64, 96), batch=2, real_text=(3, 5), classes=101)
     )
     args = argparse.Namespace(batch=2, steps=1, ref_steps=1, warmup=0, amp_dtype=None, count_ops=True)
-    tiny = dict(
-        hidden_size=32,
-        num_heads=4,
-        num_layers=2,
-        image_size=64,
-        patch_size=16,
-        gen_prompt_length=2,
-        shared_prompt_length=2,
-        gen_prompt_layers=[0, 1],
-        shared_prompt_layers=[0, 1],
-    )
     for mode in ["pruned", "unpruned", "pruned+trim", "reference"]:
-        r = throughput.run_mode("food101", mode, args, torch.device("cpu"), tiny)
+        r = throughput.run_mode("food101", mode, args, torch.device("cpu"), MODEL)
         assert r["train"] > 0 and r["eval"] > 0 and r["ops"] > 0
-    assert r["flops"][1] > r["flops"][0] > 0  # train > forward
+        assert r["flops"][1] > r["flops"][0] > 0  # train > forward
+    monkeypatch.setattr(throughput, "CLIP_SHAPE", dict(text_len=8, image_hw=(32, 32)))
+    for mode in ["pruned:dcp@clip", "reference:dcp@clip", "pruned:map", "unpruned:none@clip"]:
+        r = throughput.run_mode("food101", mode, args, torch.device("cpu"), MODEL)
+        assert r["train"] > 0 and r["eval"] > 0 and r["flops"] is None
     with pytest.raises(SystemExit, match="'pruned\\+fast'"):
-        throughput.run_mode("food101", "pruned+fast", args, torch.device("cpu"), tiny)
+        throughput.run_mode("food101", "pruned+fast", args, torch.device("cpu"), MODEL)
 
 
 def test_dataloader_benchmark_builds_its_config_with_make_config(tmp_path, make_arrows):

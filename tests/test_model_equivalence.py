@@ -1,36 +1,39 @@
-"""The fast model against the slow, independent reference (mdpl/reference.py): logits and the
+"""The fast model against the slow, independent reference (tests/reference/vilt.py): logits and the
 gradients of every trainable parameter, on a batch mixing the three missing types."""
 
 import pytest
 import torch
 
-from mdpl.modules import TaskModule
-from mdpl.reference import base_config, make_batch, reference_forward, small_config
+from mdpl.model.model import official_name
+from mdpl.train.module import TaskModule
+from reference.common import base_config, make_batch, small_config
+from reference.vilt import reference_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(config: dict, batch: dict, dtype: torch.dtype, tol: float, task: str = "food101") -> None:
     torch.manual_seed(0)
-    model = TaskModule(config).to(dtype).eval()  # eval: no dropout
-    batch = dict(batch, image=[batch["image"][0].to(dtype)])
-    out = model(batch)
+    module = TaskModule(config).to(dtype).eval()  # eval: no dropout
+    out = module(batch)  # uint8 images: normalised by the model in its dtype
     out[f"{task}_loss"].backward()
 
-    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    # the reference reads the file (official) names, in float64 (its images are float64); parameters are compared
+    # under those names
+    params = {k: v.detach().to(torch.float64, copy=True) for k, v in module.model.official_state_dict().items()}
+    named = {official_name(n): p for n, p in module.model.named_parameters()}
+    trainable = [n for n, p in named.items() if p.requires_grad]
     for n in trainable:
         params[n].requires_grad_(True)
     ref = reference_forward(params, config, batch)
     logits = ref[f"{task}_logits"]
     assert (out[f"{task}_logits"] - logits).abs().max() <= tol
     loss = (
-        torch.nn.functional.binary_cross_entropy_with_logits(logits, out[f"{task}_labels"].to(dtype))
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, out[f"{task}_labels"].to(logits.dtype))
         if task == "mmimdb"
         else torch.nn.functional.cross_entropy(logits, out[f"{task}_labels"])
     )
     grads = torch.autograd.grad(loss, [params[n] for n in trainable])
-    named = dict(model.named_parameters())
     for n, g in zip(trainable, grads):
         diff = (named[n].grad - g).abs().max()
         assert diff <= tol, f"{n}: gradient differs by {diff}"

@@ -1,4 +1,4 @@
-"""PromptedViLT with MDPL prompts (and TaskModule's losses):
+"""PromptedModel (ViLT) with MDPL prompts (and TaskModule's losses):
 official parameter layout and counts, freezing, prompt memory, shared prompts,
 validation errors, and the masked_query / trim_text / fp32_similarity options."""
 
@@ -7,23 +7,25 @@ import math
 import pytest
 import torch
 
-from mdpl.modules import PromptedViLT, TaskModule
-from mdpl.modules.prompts import Bottleneck, PromptMemory, shared_prompts
-from mdpl.reference import base_config, make_batch, small_config
-from mdpl.settings import ConfigError, Settings
+from mdpl.errors import ConfigError
+from mdpl.model.model import PromptedModel, official_name
+from mdpl.model.prompts.mdpl import Bottleneck, PromptMemory, shared_prompts
+from mdpl.train.module import TaskModule
+from mdpl.train.settings import Settings
+from reference.common import base_config, make_batch, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(config: dict) -> PromptedViLT:
-    return PromptedViLT(Settings.from_config(config).model)
+def build(config: dict) -> PromptedModel:
+    return PromptedModel(Settings.from_config(config).model)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task,expected", [("food101", 5_478_821), ("mmimdb", 5_358_935), ("hatememes", 5_326_658)])
 def test_trainable_parameters_at_the_official_size(task, expected):
     model = build(base_config(task))
-    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    names = {official_name(n) for n, p in model.named_parameters() if p.requires_grad}  # the file names
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
     assert not any(n.startswith(("transformer.", "text_embeddings.", "token_type_embeddings.")) for n in names)
     for n in [
@@ -37,8 +39,8 @@ def test_trainable_parameters_at_the_official_size(task, expected):
         f"{task}_classifier.3.weight",
     ]:
         assert n in names, n
-    assert model.gen_t_prompt_memory[0].prompt_memory.shape == (16, 16, 768)
-    assert model.bottleneck_texts[0][0].out_features == 48  # hidden_size // 16, not bottleneck_dim
+    assert model.prompts.gen_t_prompt_memory[0].prompt_memory.shape == (16, 16, 768)
+    assert model.prompts.bottleneck_texts[0][0].out_features == 48  # hidden_size // 16, not bottleneck_dim
 
 
 def test_seeded_construction_is_deterministic():
@@ -82,7 +84,7 @@ def test_fp32_similarity_breaks_low_precision_ties():
 def test_shared_prompts_are_chosen_by_missing_type():
     torch.manual_seed(0)
     a_t, a_v = torch.randn(4, 8), torch.randn(4, 8)
-    f_t, f_v = Bottleneck(8, 2), Bottleneck(8, 2)
+    f_t, f_v = Bottleneck(8, 2, 8), Bottleneck(8, 2, 8)
     s_t, s_v = shared_prompts(a_t, a_v, f_t, f_v, torch.tensor([2, 0, 1, 0]))
     for b, base in enumerate([a_v, a_t + a_v, a_t, a_t + a_v]):
         assert torch.allclose(s_t[b], f_t(base), atol=1e-6) and torch.allclose(s_v[b], f_v(base), atol=1e-6)
@@ -111,7 +113,7 @@ def _logits(config, batch, **options):
     torch.manual_seed(0)
     model = TaskModule({**config, **options}).double().eval()
     model.model.prune = False  # unpruned: the outputs include text_feats / image_feats
-    return model(dict(batch, image=[batch["image"][0].double()]))
+    return model(batch)  # uint8 images: normalised by the model in its dtype
 
 
 def test_trim_text_gives_the_untrimmed_masked_query_results():
@@ -133,12 +135,19 @@ def test_forward_outputs_per_task_and_prompt_layout():
     batch = make_batch(c, batch_size=3, task="mmimdb")
     out = _logits(c, batch)
     assert out["mmimdb_logits"].shape == (3, 23) and out["mmimdb_labels"].shape == (3, 23)
-    assert out["mmimdb_loss"].ndim == 0 and out["mmimdb_labels"].dtype == torch.float32
+    assert out["mmimdb_loss"].ndim == 0  # the labels' dtype: test_multi_hot_labels_are_float32
     # text_feats / image_feats exclude the prompts: T text tokens and 1 + cap image tokens
     assert out["text_feats"].shape == (3, 10, 32)
     assert out["image_feats"].shape == out["image_masks"].shape + (32,)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out["mmimdb_logits"], out["mmimdb_labels"].double())
     assert torch.allclose(out["mmimdb_loss"], expected)
+
+
+def test_multi_hot_labels_are_float32():
+    """TaskModule's multi-hot labels are float32, whatever the model's dtype (the loss casts them itself)."""
+    c = small_config(task="mmimdb")
+    out = _logits(c, make_batch(c, batch_size=3, task="mmimdb"))
+    assert out["mmimdb_labels"].dtype == torch.float32
 
 
 def test_frozen_backbone_dropout_is_active_in_train_mode():
@@ -170,7 +179,8 @@ def test_autocast_keeps_the_residual_stream_in_fp32(fp32_similarity):
     with torch.no_grad():
         exact = model(batch, prune=False)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            text, _, image, _ = model.embed(batch)
+            (stream,) = model.backbone.streams(batch)  # the embedded text and image tokens
+            text, image = (side.tokens for side in stream.sides)
             out = model(batch, prune=False)  # unpruned: with text_feats
     assert text.dtype == image.dtype == torch.float32
     assert out["text_feats"].dtype == torch.float32 and out["food101_logits"].dtype == torch.bfloat16

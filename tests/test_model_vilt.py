@@ -8,10 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mdpl.modules import PromptedViLT, vilt
-from mdpl.modules.vilt import Attention, VisionTransformer
-from mdpl.reference import make_batch, small_config
-from mdpl.settings import Settings
+from mdpl.model import vilt
+from mdpl.model.layers import Attention
+from mdpl.model.model import PromptedModel
+from mdpl.model.vilt import VisionTransformer
+from mdpl.train.settings import Settings
+from reference.common import make_batch, small_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,12 +43,12 @@ def test_attention_masks_padding_keys_and_sees_prefix(with_prefix):
         if with_prefix
         else None
     )
-    out = attn(x, mask, prefix)
+    out = attn(x, mask, prefix_kv=prefix)
     assert torch.allclose(out, _explicit_attention(attn, x, mask, prefix), atol=1e-12)
     # a padded key does not influence anything
     x2 = x.clone()
     x2[0, 3:] = 100.0
-    assert torch.allclose(attn(x2, mask, prefix)[0, :3], out[0, :3], atol=1e-12)
+    assert torch.allclose(attn(x2, mask, prefix_kv=prefix)[0, :3], out[0, :3], atol=1e-12)
 
 
 def _vit():
@@ -136,18 +138,12 @@ def test_position_table_is_resized_once_per_distinct_shape(monkeypatch):
     assert sorted(calls) == [(2, 3), (4, 3), (4, 6)]
 
 
-def test_bad_patch_order_is_an_error():
-    with pytest.raises(ValueError, match="patch_order"):
-        _vit().visual_embed(_images(), patch_order="sorted")
-
-
 def test_random_and_fixed_patch_order_give_the_same_outputs():
     """Attention is permutation-equivariant and every pad is a zero patch, so the order does not matter."""
     c = small_config()
     torch.manual_seed(0)
-    model = PromptedViLT(Settings.from_config(c).model).double().eval()
-    batch = make_batch(c, batch_size=4)
-    batch["image"] = [batch["image"][0].double()]
+    model = PromptedModel(Settings.from_config(c).model).double().eval()
+    batch = make_batch(c, batch_size=4)  # uint8 images: normalised by the model in float64
     fixed = model(batch)["food101_logits"]
-    model.cfg = dataclasses.replace(model.cfg, patch_order="random")
+    model.backbone.cfg = dataclasses.replace(model.backbone.cfg, patch_order="random")  # the backbone embeds
     assert torch.allclose(model(batch)["food101_logits"], fixed, atol=1e-10)

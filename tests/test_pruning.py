@@ -1,4 +1,4 @@
-"""Exact pruning: PromptedViLT with prune on (the default) against the same model with prune off (the official,
+"""Exact pruning: PromptedModel (ViLT) with prune on (the default) against the same model with prune off (the official,
 unpruned computation): the same logits and gradients of every trainable parameter, up to float rounding,
 for MDPL (prompt layers ending early, late, at the last layer, none), masked_query off and on, MAP (input and
 attention prompts) and plain ViLT, on batches with [PAD] text tokens and padded image patches."""
@@ -6,13 +6,14 @@ attention prompts) and plain ViLT, on batches with [PAD] text tokens and padded 
 import pytest
 import torch
 
-from mdpl import reference
 from mdpl.config import make_config
-from mdpl.modules.model import PromptedViLT
-from mdpl.modules.objectives import compute_task
-from mdpl.modules.vilt import compact, kept_rows
-from mdpl.reference import make_batch, reference_forward
-from mdpl.settings import ModelConfig
+from mdpl.model.layers import compact, kept_rows
+from mdpl.model.model import PromptedModel, official_name
+from mdpl.train.module import task_losses
+from mdpl.train.settings import model_config, resolve
+from reference import common as reference
+from reference.common import make_batch
+from reference.vilt import reference_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,11 +32,11 @@ MDPL_LAYERS = {
 
 def build(
     task: str, method: str = "mdpl", dtype: torch.dtype = torch.float64, seed: int = 0, **updates
-) -> tuple[dict, PromptedViLT]:
+) -> tuple[dict, PromptedModel]:
     named = f"task_finetune_{task}" + ("_map" if method == "map" else "")
     config = make_config(named, **{**SMALL, "prompt_method": method, **updates})
     torch.manual_seed(seed)
-    model = PromptedViLT(ModelConfig.from_config(config)).to(dtype).eval()  # eval: no dropout
+    model = PromptedModel(model_config(resolve(config))).to(dtype).eval()  # eval: no dropout
     with torch.no_grad():  # random prompts and heads so that every gradient is non-trivial
         for p in model.parameters():
             if p.requires_grad:
@@ -43,20 +44,24 @@ def build(
     return config, model
 
 
-def padded_batch(config: dict, dtype: torch.dtype, batch_size: int = 4, task: str = "food101") -> dict:
+def padded_batch(config: dict, batch_size: int = 4, task: str = "food101") -> dict:
     """make_batch's texts (10, 7, 4, 2 real tokens), the first cut to 8: every text has [PAD]s, and the
     batch's longest real text is shorter than the text length."""
     batch = make_batch(config, batch_size=batch_size, image_hw=(64, 96), task=task)
     masks = batch["text_masks"].clone()
     masks[0, 8:] = 0
-    return dict(batch, text_masks=masks, text_ids=batch["text_ids"] * masks, image=[batch["image"][0].to(dtype)])
+    return dict(batch, text_masks=masks, text_ids=batch["text_ids"] * masks)  # uint8 images: the model normalises them
 
 
-def run(model: PromptedViLT, batch: dict, task: str, prune: bool) -> tuple[dict, dict]:
+def loss_of(task: str, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """The task's training loss (TaskModule's)."""
+    return task_losses((task,), {f"{task}_logits": logits}, label)[f"{task}_loss"]
+
+
+def run(model: PromptedModel, batch: dict, task: str, prune: bool) -> tuple[dict, dict]:
     model.zero_grad(set_to_none=True)
     out = model(batch, prune=prune)
-    loss = compute_task(task, out[f"{task}_logits"], batch["label"])[f"{task}_loss"]
-    loss.backward()
+    loss_of(task, out[f"{task}_logits"], batch["label"]).backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     return out, grads
 
@@ -70,19 +75,22 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, what: str
 
 def check(
     task: str, method: str, dtype: torch.dtype, batch_size: int = 4, permute_image: bool = False, **updates
-) -> PromptedViLT:
+) -> PromptedModel:
     config, model = build(task, method, dtype, **updates)
-    batch = padded_batch(config, dtype, batch_size, task)
+    batch = padded_batch(config, batch_size, task)
     if permute_image:  # real image patches scattered over the sequence (not a prefix), as a mask may have them
-        embed = model.embed
+        streams = model.backbone.streams
 
-        def scattered(b):
-            text, text_masks, image, image_masks = embed(b)
-            shuffled = torch.randperm(image.shape[1] - 1, generator=torch.Generator().manual_seed(1))
+        def scattered(b, generator=None):
+            out = streams(b, generator)
+            (stream,) = out
+            image = stream.sides[1]  # the ViLT stream: the text side, then the image side
+            shuffled = torch.randperm(image.tokens.shape[1] - 1, generator=torch.Generator().manual_seed(1))
             order = torch.cat([torch.zeros(1, dtype=torch.long), 1 + shuffled])  # the image [CLS] stays first
-            return text, text_masks, image[:, order], image_masks[:, order]
+            image.tokens, image.mask = image.tokens[:, order], image.mask[:, order]
+            return out
 
-        model.embed = scattered
+        model.backbone.streams = scattered
     pruned, g_pruned = run(model, batch, task, prune=True)
     full, g_full = run(model, batch, task, prune=False)
     if permute_image:
@@ -118,17 +126,18 @@ def test_mdpl_pruned_matches_unpruned(task, layers, masked_query, dtype):
     ],
 )
 def test_pruned_matches_the_float64_reference(task, layers, masked_query):
-    """Pruned logits and trainable gradients against the slow independent reference (mdpl/reference.py)."""
+    """Pruned logits and trainable gradients against the slow independent reference (tests/reference/vilt.py)."""
     gen, shared = MDPL_LAYERS[layers]
     config, model = build(task, gen_prompt_layers=gen, shared_prompt_layers=shared, masked_query=masked_query)
-    batch = padded_batch(config, torch.float64, task=task)
+    batch = padded_batch(config, task=task)
     out, grads = run(model, batch, task, prune=True)
-    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    grads = {official_name(n): g for n, g in grads.items()}  # the reference reads the file (official) names
+    params = {k: v.detach().clone() for k, v in model.official_state_dict().items()}
     for n in grads:
         params[n].requires_grad_(True)
     logits = reference_forward(params, config, batch)[f"{task}_logits"]
     assert_close(out[f"{task}_logits"], logits, torch.float64, "logits")
-    loss = compute_task(task, logits, batch["label"])[f"{task}_loss"]
+    loss = loss_of(task, logits, batch["label"])
     for n, g in zip(grads, torch.autograd.grad(loss, [params[n] for n in grads])):
         assert_close(grads[n], g, torch.float64, f"gradient of {n}")
 
@@ -172,20 +181,19 @@ def test_the_sequences_really_shrink():
     """Official query, prompts at 0 and 1: blocks 0 sees every token; from block 1 (after the last query)
     only the batch's longest real text and image; the last block computes one row (per sample)."""
     _, model = build("food101", gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])
-    batch = padded_batch(make_config("task_finetune_food101", **SMALL), torch.float64)
+    batch = padded_batch(make_config("task_finetune_food101", **SMALL))
     seen = []
-    hooks = [
-        b.register_forward_hook(
-            lambda m, args, kwargs, out: seen.append(
-                (args[0].shape[1], out.shape[1], None if kwargs.get("keys") is None else kwargs["keys"][0].shape[1])
-            ),
-            with_kwargs=True,
-        )
-        for b in model.transformer.blocks
-    ]
-    out = model(batch)
+
+    def record(block, args, kwargs, out):  # Block(x, mask, causal, prefix_kv, keys, rows)
+        keys = args[4] if len(args) > 4 else kwargs.get("keys")
+        seen.append((args[0].shape[1], out.shape[1], None if keys is None else keys[0].shape[1]))
+
+    hooks = [b.register_forward_hook(record, with_kwargs=True) for b in model.backbone.transformer.blocks]
+    model(batch)
     for h in hooks:
         h.remove()
+    # the embedded masks (those of the unpruned forward: see test_pruned_forward_returns_the_embedded_masks)
+    out = model(batch, prune=False)
     T, I = out["text_masks"].shape[1], out["image_masks"].shape[1]
     real_t, real_i = int(out["text_masks"].sum(1).max()), int(out["image_masks"].sum(1).max())
     # the largest image fixes the image length (visual_embed), so only the text side gets shorter here
@@ -198,11 +206,21 @@ def test_the_sequences_really_shrink():
     assert seen[3] == (2 * p1 + real_t + real_i, 1, None)  # (b)
 
 
+def test_pruned_forward_returns_the_embedded_masks():
+    """text_masks / image_masks are the embedded sequences' masks, pruned or not."""
+    _, model = build("food101", gen_prompt_layers=[0, 1], shared_prompt_layers=[0, 1])
+    batch = padded_batch(make_config("task_finetune_food101", **SMALL))
+    pruned, full = model(batch), model(batch, prune=False)
+    assert pruned["text_masks"].shape[1] == batch["text_masks"].shape[1]
+    for key in ("text_masks", "image_masks"):
+        assert torch.equal(pruned[key], full[key]), key
+
+
 def test_prune_is_the_default_and_can_be_switched_off():
     _, model = build("food101")
     assert model.prune is True
     assert "prune" not in str(model.state_dict().keys())
-    batch = padded_batch(make_config("task_finetune_food101", **SMALL), torch.float64, batch_size=3)
+    batch = padded_batch(make_config("task_finetune_food101", **SMALL), batch_size=3)
     assert "text_feats" not in model(batch)
     model.prune = False
     out = model(batch)
@@ -212,11 +230,12 @@ def test_prune_is_the_default_and_can_be_switched_off():
 def test_kept_rows_compact_each_sample_to_the_front():
     mask = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
     tokens = torch.arange(15.0).view(3, 5, 1)
-    index, valid = kept_rows(mask)
+    index, valid = kept_rows(mask != 0)
     assert index.tolist()[0][:3] == [0, 2, 4] and index.tolist()[1][:1] == [1] and index.tolist()[2] == [0, 1, 2, 3]
     assert valid.tolist() == [[True, True, True, False], [True, False, False, False], [True] * 4]
     out, m = compact(tokens, mask, (index, valid))
     assert m.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
     assert out[0, :3, 0].tolist() == [0.0, 2.0, 4.0] and out[1, 0, 0] == 6.0
-    index, valid = kept_rows(mask, keep_first=True)  # the text [CLS] row stays, even if masked
+    keep = (mask != 0).index_fill(1, torch.tensor([0]), True)
+    index, valid = kept_rows(keep)  # the text [CLS] row stays, even if masked
     assert index[1, :2].tolist() == [0, 1] and compact(tokens, mask, (index, valid))[1][1].tolist()[:2] == [0, 1]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mdpl.modules import TaskModule
-from mdpl.train import main
+from mdpl.train.module import TaskModule
+from mdpl.train.run import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,21 +39,26 @@ CASES = {
     "mmimdb": (0.2, lambda n: n + 3, True),
     "hatememes": (0.11, lambda n: n, False),
 }
+# and DCP on the small CLIP (Food-101 as above): its random dynamic prompts are drawn when the model is built
 
 
-@pytest.mark.parametrize("task", sorted(CASES))
+@pytest.mark.parametrize("task", [*sorted(CASES), "food101_dcp"])
 def test_resume_from_a_checkpoint_inside_an_epoch_ends_like_an_uninterrupted_run(
     task, tmp_path, monkeypatch, make_arrows, tiny_config, read_metrics
 ):
+    task, named = task.split("_")[0], ("task_finetune_food101_dcp" if task.endswith("dcp") else None)
     interval, kill_at, inside = CASES[task]
     data = make_arrows(tmp_path / "data", task)
     # dropout on and random patch order: the continuation must draw the same random numbers
-    updates = dict(val_check_interval=interval, patch_order="random", drop_rate=0.1, max_epoch=2)
+    updates = dict(val_check_interval=interval, patch_order="random", drop_rate=0.1, max_epoch=2, named=named)
     main(tiny_config(task, data, tmp_path / "full", **updates))
     full = _run_dir(tmp_path / "full")
 
+    per_epoch = []  # train batches per epoch, as the killed run's loop counts them
+
     def kill(self, batch, batch_idx):
         trainer = self.trainer
+        per_epoch.append(trainer.num_training_batches)
         if trainer.fit_loop.epoch_loop.batch_progress.total.ready - 1 == kill_at(trainer.num_training_batches):
             raise Killed
 
@@ -64,10 +69,8 @@ def test_resume_from_a_checkpoint_inside_an_epoch_ends_like_an_uninterrupted_run
     cut = _run_dir(tmp_path / "cut")
     last = cut / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)
-    position = saved["MissingDataModule"]["train_loader"]
-    per_epoch = -(-position["samples"] // position["batch_size"])
-    assert (0 < position["batches"] < per_epoch) == inside  # written inside an epoch, or by its last validation
-    assert "mdpl_resume" in saved
+    position = saved["callbacks"]["ExactResume"]  # the exact-resume state: batches of its epoch trained so far
+    assert (0 < position["batches"] < per_epoch[-1]) == inside  # written inside an epoch, or by its last validation
 
     main(tiny_config(task, data, tmp_path / "cut", resume_from=str(last), **updates))
     resumed = _run_dir(tmp_path / "cut")  # the same version folder
@@ -88,8 +91,8 @@ def test_resume_from_a_checkpoint_inside_an_epoch_ends_like_an_uninterrupted_run
 
 
 def test_resume_continues_in_the_folder_of_resume_from_only_under_log_dir(tmp_path, tiny_config, make_arrows):
-    from mdpl.settings import Settings
-    from mdpl.train import resume_folder
+    from mdpl.train.settings import Settings
+    from mdpl.train.trainer import resume_folder
 
     data = tmp_path / "data"
     ckpt = tmp_path / "result" / "some_run" / "version_3" / "checkpoints" / "last.ckpt"
@@ -104,7 +107,7 @@ def test_resume_continues_in_the_folder_of_resume_from_only_under_log_dir(tmp_pa
 
 
 def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips_after_a_resume():
-    from mdpl.datamodules import EpochSampler
+    from mdpl.train.datamodule import EpochSampler
 
     data = list(range(10))
     a, b = EpochSampler(data, seed=3, batch_size=2), EpochSampler(data, seed=3, batch_size=2)
@@ -125,28 +128,31 @@ def test_epoch_sampler_order_depends_on_seed_and_epoch_and_skips_after_a_resume(
     assert sorted(list(shards[0]) + list(shards[1])) == data  # DDP: disjoint shares of one order
 
 
-def test_rank_variables_decide_the_launcher_and_ranks_reuse_its_version(tmp_path, monkeypatch, tiny_config):
-    from mdpl.settings import Settings
-    from mdpl.train import RANK_VARIABLES, VERSION_VARIABLE, _is_launcher_process, build_trainer
+def test_rank_variables_decide_the_launcher_and_only_the_launcher_creates_a_version_folder(
+    tmp_path, monkeypatch, tiny_config
+):
+    from mdpl.train.settings import Settings
+    from mdpl.train.trainer import RANK_VARIABLES, build_trainer, is_launcher_process, run_folder
 
     for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    assert _is_launcher_process()
+    assert is_launcher_process()
     settings = Settings.from_config(tiny_config("food101", tmp_path / "data", tmp_path))
-    first = build_trainer(settings, progress=False)
+    first = build_trainer(settings, run_folder(settings), progress=False)
     assert Path(first.logger.log_dir).name == "version_0" and Path(first.logger.log_dir).is_dir()
     for name in RANK_VARIABLES:
         monkeypatch.setenv(name, "1")
-        assert not _is_launcher_process()
+        assert not is_launcher_process()
         monkeypatch.delenv(name)
-    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP process Lightning started: the launcher's folder, none created
-    other = build_trainer(settings, progress=False)
-    assert other.loggers[0].version == 0 and other.loggers[1].version == 0
-    assert os.environ[VERSION_VARIABLE].endswith("/0")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP process Lightning started: names a folder, creates none
+    folder = run_folder(settings)
+    other = build_trainer(settings, folder, progress=False)  # (rank 0 writes every file)
+    assert folder.name == "version_unused" and not folder.exists()
+    assert other.loggers[0].version == other.loggers[1].version == "version_unused"
     assert sorted(p.name for p in Path(first.logger.log_dir).parent.iterdir()) == ["version_0"]
 
 
-CHILD = "import json, sys; from mdpl.train import main; main(json.loads(sys.argv[1]))"
+CHILD = "import json, sys; from mdpl.train.run import main; main(json.loads(sys.argv[1]))"
 
 
 def test_concurrent_runs_of_one_exp_name_get_their_own_version_folders(tmp_path, make_arrows, tiny_config):

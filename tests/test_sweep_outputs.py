@@ -1,16 +1,21 @@
 """Sweep outputs that compare methods and seeds: groups (sweep_groups, or automatic by saved config without
-the seed) with mean ± std, each line's average, config.json, the effective missing rate and the figure."""
+the seed) with mean ± std, each line's average, config.json, the effective missing rate and the figure (a panel
+per missing type, a colour per method, a line style per backbone; PNG, PDF and SVG)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from mdpl.settings import ConfigError
-from mdpl.sweep import effective_missing, group_names, markdown, plot_sweep, read_rows, summarise, sweep, write_outputs
-from mdpl.train import main
+from mdpl.data.arrow import ArrowDataset
+from mdpl.errors import ConfigError
+from mdpl.sweep.grid import sweep
+from mdpl.sweep.groups import group_names
+from mdpl.sweep.outputs import label_parts, markdown, plot_sweep, read_rows, summarise, write_outputs
+from mdpl.train.run import main
 
 TEST_SAMPLES = 6  # of the 40 synthetic samples (28 train, 6 val, 6 test)
 GRID = dict(sweep_types=["text", "image"], sweep_ratios=[0.0, 0.5])
@@ -84,19 +89,65 @@ def test_effective_missing_rate_per_point(swept):
     assert all(r["effective_missing_rate"] == 0.5 for r in rows if r["missing_ratio"] == 0.5)  # one text per row
 
 
-def test_figure_has_a_line_per_group_and_type_with_clear_legend(swept):
+def test_figure_has_a_panel_per_missing_type_and_is_written_for_papers(swept):
     rows = read_rows(swept / "sweep.csv")
     fig = plot_sweep(summarise(rows), "food101 accuracy")
-    [ax] = fig.axes
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert labels == ["mdpl, text missing (mean ± std of 2)", "mdpl, image missing (mean ± std of 2)"]
-    assert len(ax.get_lines()) == 2 and len(ax.collections) == 2  # two mean lines, two ± std bands
-    title = ax.get_title()
+    assert [ax.get_title() for ax in fig.axes] == ["text missing", "image missing"]
+    assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
+    for ax in fig.axes:
+        assert len(ax.get_lines()) == 1 and len(ax.collections) == 1  # the group's mean line and its ± std band
+    [legend] = fig.legends  # one legend for the panels: one entry per group
+    assert [t.get_text() for t in legend.get_texts()] == ["mdpl (mean ± std of 2)"]
+    title = fig.get_suptitle()
     assert "accuracy" in title and "test split" in title and f"{TEST_SAMPLES:g} test samples" in title
-    # small x offsets: the two lines' points never sit on each other
-    text, image = (line.get_xdata() for line in ax.get_lines())
-    assert all(a != b for a, b in zip(text, image))
     assert (swept / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (swept / "sweep.pdf").read_bytes()[:4] == b"%PDF"
+    assert "<svg" in (swept / "sweep.svg").read_text()
+
+
+def _summary(groups: list[str], types: list[str], ratios: list[float]) -> list[dict]:
+    """A summary with one checkpoint per group (two for "mdpl") at every type and ratio."""
+    rows = [
+        {"checkpoint": f"{group}-{seed}.ckpt", "label": f"{group}/{t}", "missing_type": t, "missing_ratio": r,
+         "the_metric": 0.5 + 0.01 * i - 0.2 * r + 0.01 * seed, "group": group, "seed": seed, "test_samples": 10}
+        for i, group in enumerate(groups)
+        for seed in ((1, 2) if group == "mdpl" else (0,))
+        for t in types
+        for r in ratios
+    ]  # fmt: skip
+    return summarise(rows)
+
+
+def _styles(ax) -> list[tuple]:
+    """(colour, line style, marker) of each of a panel's lines, in drawing order (the groups' order)."""
+    return [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+
+
+def test_colours_by_method_line_styles_by_backbone():
+    assert label_parts("mdpl") == ("mdpl", "vilt")
+    assert label_parts("dcp@clip") == ("dcp", "clip")
+    assert label_parts("mdpl@clip (learning_rate=0.01)") == ("mdpl (learning_rate=0.01)", "clip")
+    assert label_parts("mdpl:runA/version_0/checkpoints/last") == ("mdpl:runA/version_0/checkpoints/last", "vilt")
+    groups = ["mdpl", "map", "mdpl@clip", "dcp@clip"]
+    fig = plot_sweep(_summary(groups, ["text", "image", "both"], [0.0, 0.5, 1.0]), "food101 accuracy")
+    assert len(fig.axes) == 3  # one panel per missing type
+    for ax in fig.axes:
+        mdpl, map_, mdpl_clip, dcp_clip = _styles(ax)
+        assert mdpl[0] == mdpl_clip[0] and len({mdpl[0], map_[0], dcp_clip[0]}) == 3  # one colour per method
+        assert mdpl[1:] == map_[1:] == ("-", "o") and mdpl_clip[1:] == dcp_clip[1:] == ("--", "s")  # per backbone
+        assert len(ax.collections) == 1  # a band for the one group of several checkpoints
+        xs = [tuple(line.get_xdata()) for line in ax.get_lines()]
+        assert len(set(xs)) == len(xs)  # small x offsets: no line's points sit on another's
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["mdpl (mean ± std of 2)", "map", "mdpl@clip", "dcp@clip"]
+
+
+def test_one_backbone_draws_solid_lines_and_recipes_get_their_own_colours():
+    groups = ["mdpl (learning_rate=0.001)", "mdpl (learning_rate=0.01)", "map"]
+    fig = plot_sweep(_summary(groups, ["both"], [0.0, 0.7]), "food101 accuracy")
+    [ax] = fig.axes
+    styles = _styles(ax)
+    assert len({s[0] for s in styles}) == 3 and {s[1:] for s in styles} == {("-", "o")}
 
 
 def test_sweep_groups_names_each_checkpoints_group(seeds, tmp_path, tiny_config):
@@ -148,15 +199,15 @@ def test_automatic_groups():
     assert group_names(names[:2], methods[:2], saved[:2], ["x", "x"]) == ["x", "x"]
 
 
-class _Part:  # the two attributes of an ArrowDataset that effective_missing reads
-    def __init__(self, texts_per_row: list[int], missing: list[int]):
-        self.index = [(row, k) for row, n in enumerate(texts_per_row) for k in range(n)]
-        self.missing = missing
+def _part(texts_per_row: list[int], codes: list[int]) -> SimpleNamespace:
+    """The two attributes of an ArrowDataset that missing_share reads (one missing table)."""
+    index = [(row, k) for row, n in enumerate(texts_per_row) for k in range(n)]
+    return SimpleNamespace(index=index, codes=[(c,) for c in codes])
 
 
 def test_mmimdb_effective_missing_rate_counts_samples_not_movies(tmp_path):
     # two movies, half of them missing: the missing one has three plots, the other one
-    assert effective_missing(_Part([3, 1], [1, 0])) == (0.75, 4)
+    assert ArrowDataset.missing_share(_part([3, 1], [1, 0]), 0) == 0.75
     rows = [
         {
             "checkpoint": "a.ckpt",

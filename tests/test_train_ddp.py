@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mdpl.train import main
+from mdpl.train.run import main
 
 # learning_rate=0: the weights never change, so both runs validate the same model on the same data
 SAME_MODEL = dict(learning_rate=0.0, max_epoch=1)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from mdpl.settings import ConfigError
-from mdpl.sweep import series_names, sweep
-from mdpl.train import main
+from mdpl.errors import ConfigError
+from mdpl.sweep.grid import sweep
+from mdpl.sweep.groups import series_names
+from mdpl.train.run import main
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,7 @@ def trained(data, tmp_path_factory, tiny_config) -> Path:
 
 
 def test_fine_tune_logs_and_checkpoints(trained, read_metrics, last_value):
-    assert trained.parent.name == "finetune_food101_both111_seed42_from_"  # official naming, load_path ""
+    assert trained.parent.name == "mdpl_finetune_food101_seed42_from_"  # official naming, load_path ""
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert "last.ckpt" in ckpts and len(ckpts) == 2  # the best by val/the_metric and the last
     rows = read_metrics(trained)
@@ -62,7 +64,7 @@ def test_test_only_logs_test_metrics_and_appends_records(trained, data, tmp_path
     main(cfg)  # a second evaluation appends a second line
     assert len(record.read_text().splitlines()) == 2
     [run] = (tmp_path / "result").iterdir()  # the load_path stem, then the test setting
-    assert run.name == "finetune_food101_both111_seed42_from_last_test_tiny_missing_both_0.5"
+    assert run.name == "mdpl_finetune_food101_seed42_from_last_test_tiny_missing_both_0.5"
     assert sorted(p.name for p in run.iterdir()) == ["version_0", "version_1"]  # one version per evaluation
     assert "val/the_metric" not in read_metrics(run / "version_0")[0]  # test metrics are logged as test/*
 
@@ -71,7 +73,7 @@ def test_resume_continues_step_count(trained, data, tmp_path, tiny_config):
     cfg = tiny_config("food101", data, tmp_path, resume_from=str(trained / "checkpoints" / "last.ckpt"), max_epoch=3)
     main(cfg)
     [run] = (tmp_path / "result").iterdir()
-    assert run.name == "finetune_food101_both111_seed42_from_"  # resume_from does not name the run
+    assert run.name == "mdpl_finetune_food101_seed42_from_"  # resume_from does not name the run
     ckpt = torch.load(run / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 12 and ckpt["epoch"] == 2  # one more epoch of 4 optimizer steps
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 12  # the scheduler resumed too
@@ -100,9 +102,9 @@ def test_sweep_writes_csv_markdown_and_plot(trained, second_run, data, tmp_path,
         hidden_size=768,
     )  # hidden_size comes from the checkpoint
     out = sweep(cfg)
-    assert out == tmp_path / "result" / "finetune_food101_both111_seed42_sweep" / "version_0"
+    assert out == tmp_path / "result" / "mdpl_finetune_food101_seed42_sweep" / "version_0"
     rows = (out / "sweep.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2 * 2 and rows[0].startswith("checkpoint,prompt_method,label,missing_type")
+    assert len(rows) == 1 + 2 * 2 * 2 and rows[0].startswith("checkpoint,prompt_method,backbone,label,missing_type")
     table = (out / "sweep.md").read_text()
     lines = table.splitlines()
     labels = [c.strip() for c in lines[2].split("|")[2:-1]]
@@ -115,7 +117,9 @@ def test_sweep_writes_csv_markdown_and_plot(trained, second_run, data, tmp_path,
     ratio0 = [c.strip() for c in lines[4].split("|")[2:-1]]
     assert ratio0[0] == ratio0[1] and ratio0[2] == ratio0[3]
     # distinct lines: the csv holds every (checkpoint, type, ratio) once
-    assert len({tuple(r.split(",")[:5]) for r in rows[1:]}) == 8
+    lines_csv = list(csv.DictReader(rows))
+    keys = ("checkpoint", "prompt_method", "label", "missing_type", "missing_ratio")
+    assert len({tuple(r[k] for k in keys) for r in lines_csv}) == 8
 
 
 def test_series_names_are_the_method_plus_a_distinguishing_path_suffix_when_methods_repeat(tmp_path):
@@ -135,7 +139,7 @@ def test_series_names_are_the_method_plus_a_distinguishing_path_suffix_when_meth
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(data, tmp_path, monkeypatch, tiny_config):
-    from mdpl.modules import TaskModule
+    from mdpl.train.module import TaskModule
 
     forward = TaskModule.forward
 
@@ -182,15 +186,15 @@ def test_missing_arrow_file_names_it_and_the_make_arrow_command(data, tmp_path, 
 def test_checkpoint_of_another_task_fails_before_training(trained, tmp_path, make_arrows, tiny_config):
     hate = make_arrows(tmp_path / "hate", "hatememes", samples=6)
     cfg = tiny_config("hatememes", hate, tmp_path, test_only=True, load_path=str(trained / "checkpoints" / "last.ckpt"))
-    with pytest.raises(ConfigError, match="another task"):
+    with pytest.raises(ConfigError, match=r"trained for task\(s\) \['food101'\] but the config's .* \['hatememes'\]"):
         main(cfg)
     assert not (tmp_path / "result").exists()
 
 
 def test_precision_16_on_cpu_warns_and_runs_32():
     from mdpl.config import make_config
-    from mdpl.settings import Settings
-    from mdpl.train import precision
+    from mdpl.train.settings import Settings
+    from mdpl.train.trainer import precision
 
     def settings(value):
         return Settings.from_config(

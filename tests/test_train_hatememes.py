@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mdpl.train import main
+from mdpl.train.run import main
 
 
 def test_fine_tune_then_test_only_writes_auroc_records(tmp_path, make_arrows, tiny_config, read_metrics, last_value):

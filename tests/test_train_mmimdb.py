@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mdpl.train import main
+from mdpl.train.run import main
 
 
 def test_fine_tune_then_test_only_writes_correctly_labelled_f1_records(

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from mdpl.config import make_config
-from mdpl.modules.optim import AdamW, build_optimizer, build_scheduler, lr_factor, param_groups
-from mdpl.settings import ConfigError, OptimConfig, Settings
+from mdpl.errors import ConfigError
+from mdpl.model.model import official_name
+from mdpl.train.optim import AdamW, build_optimizer, build_scheduler, lr_factor, param_groups
+from mdpl.train.settings import OptimConfig, Settings
 
 
 def optim(**updates) -> OptimConfig:
@@ -42,20 +44,25 @@ def test_adamw_matches_hand_computation_with_decay_after_the_adam_step():
 
 
 class Tiny(nn.Module):
+    """PromptedModel's layout: backbone (frozen transformer, trainable pooler), prompts, task heads."""
+
     def __init__(self):
         super().__init__()
-        self.transformer = nn.Module()
-        self.transformer.norm = nn.LayerNorm(4)
-        self.transformer.proj = nn.Linear(4, 4)
-        self.transformer.requires_grad_(False)
-        self.pooler = nn.Linear(4, 4)
-        self.shared_missing_t = nn.ParameterList([nn.Parameter(torch.zeros(2, 4))])
+        self.backbone = nn.Module()
+        self.backbone.transformer = nn.Module()
+        self.backbone.transformer.norm = nn.LayerNorm(4)
+        self.backbone.transformer.proj = nn.Linear(4, 4)
+        self.backbone.transformer.requires_grad_(False)
+        self.backbone.pooler = nn.Linear(4, 4)
+        self.prompts = nn.Module()
+        self.prompts.shared_missing_t = nn.ParameterList([nn.Parameter(torch.zeros(2, 4))])
         self.food101_classifier = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3))
 
 
 def _names(model, group):
+    """The group's parameters under their official (file) names, the names the rules read."""
     ids = {id(p) for p in group["params"]}
-    return sorted(n for n, p in model.named_parameters() if id(p) in ids)
+    return sorted(official_name(n) for n, p in model.named_parameters() if id(p) in ids)
 
 
 def test_param_groups_follow_official_name_rules():
@@ -110,6 +117,17 @@ def test_cosine_and_integer_warmup():
     assert lr_factor(5, 10, 110, "cosine") == pytest.approx(0.5)
     assert lr_factor(60, 10, 110, "cosine") == pytest.approx(0.5)
     assert lr_factor(110, 10, 110, "cosine") == pytest.approx(0.0)
-    assert lr_factor(200, 10, 110, "cosine") == pytest.approx(0.0)
+    assert lr_factor(200, 10, 110, "cosine", hold=True) == pytest.approx(0.0)
     assert lr_factor(60, 10, 110, 2) == pytest.approx(0.25)
     assert lr_factor(110, 10, 110, 1, end_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_past_the_horizon_the_official_cosine_rises_again_and_hold_keeps_it_at_zero():
+    """An epoch's last partial accumulation window steps once more than the horizon counts (22 steps, 21 planned):
+    officially (transformers' schedules) the cosine goes on along its curve, the polynomial stays at its end."""
+    assert lr_factor(22, 2, 21, "cosine") == pytest.approx(0.5 * (1 + math.cos(math.pi * 20 / 19)))
+    assert lr_factor(22, 2, 21, "cosine") > 0
+    assert lr_factor(22, 2, 21, "cosine", hold=True) == 0.0
+    assert lr_factor(22, 2, 21, 1, end_ratio=0.1) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="lr_past_horizon='later'"):
+        Settings.from_config(make_config("task_finetune_food101", per_gpu_batchsize=1, lr_past_horizon="later"))

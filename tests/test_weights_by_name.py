@@ -8,10 +8,11 @@ import os
 import pytest
 import torch
 
-from mdpl.modules import create_model
-from mdpl.modules.weights import hf_cache_dir, is_hub_id, read_checkpoint, resolve_weights_path
-from mdpl.reference import small_config, small_hf_config
-from mdpl.settings import Settings
+from helpers import create_model
+from mdpl.model.hub import hf_cache_dir, is_hub_id, resolve_weights_path
+from mdpl.model.weights import read_checkpoint
+from mdpl.train.settings import Settings
+from reference.common import small_config, small_hf_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,7 +21,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 def _hf_state_dict() -> dict[str, torch.Tensor]:
-    """A ViltModel state dict in Hugging Face naming, shaped like mdpl.reference's SMALL model."""
+    """A ViltModel state dict in Hugging Face naming, shaped like reference.common's SMALL model."""
     from transformers import ViltModel
 
     cfg = small_hf_config()
@@ -66,7 +67,7 @@ def test_a_model_id_in_the_cache_loads_as_pretrained_weights(offline_cache, weig
     assert hf_cache_dir() == str(offline_cache)
     assert resolve_weights_path(REPO_ID) == snapshot
     model = create_model(Settings.from_config(small_config(prompt_method="none", load_path=REPO_ID)))
-    own = model.state_dict()
+    own = model.official_state_dict()
     assert torch.equal(own["transformer.blocks.1.attn.qkv.weight"], _qkv(sd, 1))
     assert torch.equal(own["transformer.patch_embed.proj.weight"], sd["embeddings.patch_embeddings.projection.weight"])
     assert torch.equal(own["pooler.dense.weight"], sd["pooler.dense.weight"])

@@ -1,0 +1,1 @@
+"""The sweep layer: checkpoints over a grid of missing settings, grouped, tabled and plotted."""

@@ -1,8 +1,0 @@
-"""Raw datasets -> Arrow IPC files with the official names, columns and row order (see DATA.md)."""
-
-from mdpl.writers import food101, hatememes, mmimdb
-from mdpl.writers.common import BadImageError, SplitReport, WriterSpec, convert
-
-WRITERS: dict[str, WriterSpec] = {s.name: s for s in (mmimdb.SPEC, food101.SPEC, hatememes.SPEC)}
-
-__all__ = ["WRITERS", "BadImageError", "SplitReport", "WriterSpec", "convert"]
