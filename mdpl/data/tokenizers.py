@@ -25,7 +25,6 @@ from mdpl.errors import MissingFileError
 
 BUNDLED = {"bert-base-uncased": "bert-base-uncased-vocab.txt"}
 CLIP = "clip"
-CLIP_END = 49407  # end-of-text: the largest id, so argmax(ids) finds it
 
 
 def _bert_uncased(vocab_path: Path) -> PreTrainedTokenizerFast:
@@ -80,6 +79,7 @@ class TextTokenizer:
     def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         if self.name == CLIP:
             ids = _clip_bpe()(list(texts), context_length=self.length)
+            # end-of-text (49407) is the largest id: argmax finds it
             mask = torch.arange(self.length)[None] <= ids.argmax(dim=1, keepdim=True)
             return ids, mask.long()
         enc = hf_tokenizer(self.name)(  # numpy, then shared: twice as fast as return_tensors="pt"

@@ -54,7 +54,6 @@ class PixelBert:
     """ "pixelbert": PIL bicubic resize (see resized_hw) to a uint8 tensor. Expects RGB."""
 
     random = False  # draws no random numbers, so output shapes are known from the image size alone
-    mean_std = PIXELBERT_MEAN_STD
 
     def __init__(self, size: int = 384) -> None:
         self.size = size
@@ -87,7 +86,6 @@ class ClipTransform:
     then CenterCrop(size), on the RGB image, as uint8."""
 
     random = False
-    mean_std = CLIP_MEAN_STD
 
     def __init__(self, size: int = 224) -> None:
         self.size = size

@@ -88,7 +88,6 @@ class CLIP(nn.Module):
     layout = property(
         lambda self: {"text": {"text": self.cfg.clip_text_width}, "image": {"image": self.cfg.clip_width}}
     )
-    feature_dim = property(lambda self: 2 * self.cfg.clip_embed_dim)
 
     def blocks(self, stream: str) -> nn.ModuleList:
         return (self.text if stream == "text" else self.visual).blocks

@@ -4,7 +4,7 @@ checks every value."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from mdpl.data.tasks import TASKS
 
@@ -75,9 +75,3 @@ class ModelConfig:
     @property
     def text_tokenizer(self) -> str:
         return "clip" if self.backbone == "clip" else self.tokenizer
-
-    def to_config(self) -> dict:
-        """The configuration keys this config came from (loss_names for the tasks)."""
-        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k != "tasks"}
-        out["loss_names"] = {t: int(t in self.tasks) for t in TASKS}
-        return out

@@ -20,6 +20,14 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+class Bottleneck(nn.Sequential):
+    """Linear(D_in, hidden) -> GELU -> Linear(hidden, D_out), no residual (MDPL, DCP: hidden D_in/16). Names 0 and 2
+    as official."""
+
+    def __init__(self, dim: int, hidden: int, out: int) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
 def attention_mask(
     key_mask: Tensor | None, causal: bool, key_pos: Tensor | None, query_pos: Tensor | None, prefix: int
 ) -> Tensor | None:

@@ -61,7 +61,6 @@ class VisionTransformer(nn.Module):
         drop: float = 0.1,
     ) -> None:
         super().__init__()
-        self.patch_size = patch_size
         self.grid = image_size // patch_size
         self.patch_embed = PatchEmbed(patch_size, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -180,13 +179,13 @@ class ViLT(nn.Module):
         if self.cfg.trim_text:  # cut every batch to its longest real text (pads are invisible with masked_query)
             length = int((text_masks != 0).any(0).nonzero().max()) + 1
             text_ids, text_masks = text_ids[:, :length], text_masks[:, :length]
-        text = self.text_embeddings(text_ids) + self.token_type_embeddings(torch.zeros_like(text_masks))
+        text = self.text_embeddings(text_ids) + self.token_type_embeddings.weight[0]  # token type 0: text
         dtype = self.transformer.pos_embed.dtype
         images = batch["image"][0] if isinstance(batch["image"], (list, tuple)) else batch["image"]
         images = normalize_images(images, batch["image_hw"], self.mean_std, batch["missing_type"] == 2, dtype)
         cfg = self.cfg
         image, image_masks = self.transformer.visual_embed(images, cfg.max_image_len, cfg.patch_order, generator)
-        image = image + self.token_type_embeddings(torch.ones_like(image_masks))
+        image = image + self.token_type_embeddings.weight[1]  # token type 1: image
         cls = torch.zeros_like(text_masks[:, 0])
         return [Stream("joint", [Side("text", text, text_masks, pooled=cls), Side("image", image, image_masks)])]
 

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from mdpl.data.tasks import TASKS
 from mdpl.model.model import PromptedModel, compile_model
+from mdpl.model.weights import IGNORED_ON_LOAD
 from mdpl.train.metrics import TaskMetrics
 from mdpl.train.optim import build_optimizer, build_scheduler
 from mdpl.train.settings import Settings
@@ -107,7 +108,7 @@ class TaskModule(pl.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        sd = {k: v for k, v in checkpoint["state_dict"].items() if k != "text_embeddings.position_ids"}
+        sd = {k: v for k, v in checkpoint["state_dict"].items() if k not in IGNORED_ON_LOAD}
         checkpoint["state_dict"] = {f"model.{k}": v for k, v in self.model.from_official(sd).items()}
 
     def _log_epoch(self, phase: str) -> None:

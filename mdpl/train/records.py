@@ -39,10 +39,10 @@ def check_records(settings: Settings) -> None:
             raise ConfigError(f"{what} cannot be created ({str(folder)!r} is not a writable folder)")
 
 
-def records_line(settings: Settings, task: str, values: dict[str, float], phase: str = "test") -> str:
+def records_line(settings: Settings, task: str, values: dict[str, float]) -> str:
     """'missing ratio: r, <label>: <value x 100, 2 decimals>, ...' for one task; r is the ratio used."""
     body = ", ".join(
-        f"{label}: {values[f'{task}/{phase}/{name}'] * 100:.2f}" for label, name in TASKS[task].records_format
+        f"{label}: {values[f'{task}/test/{name}'] * 100:.2f}" for label, name in TASKS[task].records_format
     )
     return f"missing ratio: {settings.data.missing_ratio['test']}, {body}"
 
@@ -68,12 +68,12 @@ def append_line_locked(path: str | os.PathLike, line: str) -> None:
         os.close(fd)  # releases the lock
 
 
-def append_records(settings: Settings, values: dict[str, float], phase: str = "test") -> list[str]:
+def append_records(settings: Settings, values: dict[str, float]) -> list[str]:
     """Append one line per task of the model (folders created, appends locked); returns the files written."""
     paths = []
     for task in settings.model.tasks:
         path = records_path(settings, task)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        append_line_locked(path, records_line(settings, task, values, phase))
+        append_line_locked(path, records_line(settings, task, values))
         paths.append(path)
     return paths

@@ -28,6 +28,7 @@ from mdpl.errors import CheckpointError
 from mdpl.files import atomic_path
 from mdpl.model.config import ModelConfig
 from mdpl.model.model import PromptedModel
+from mdpl.model.weights import IGNORED_ON_LOAD
 from mdpl.train.settings import INFERENCE_OPTIONS, Settings, model_config, resolve
 
 
@@ -91,7 +92,7 @@ class MetricsCSV(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         row = {k: float(v) for k, v in metrics.items()}
         self.rows.append({**row, "step": step if step is not None else len(self.rows)})
-        self.save()  # every row at once: a killed run loses nothing logged before its last checkpoint
+        # Lightning calls save() right after each log_metrics: every row is on disk before the next step
 
     @rank_zero_only
     def save(self) -> None:
@@ -187,7 +188,7 @@ def check_resume(settings: Settings, model: PromptedModel, checkpoint: object, p
             raise CheckpointError(f"{source} was trained for {_describe(trained)}, but the config asks for "
                                   f"{_describe(wanted)}: {shown}; resume with the run's own config")  # fmt: skip
     own, held = model.official_state_dict(), checkpoint.get("state_dict") or {}
-    held = {k: v for k, v in held.items() if k != "text_embeddings.position_ids"}
+    held = {k: v for k, v in held.items() if k not in IGNORED_ON_LOAD}
     bad = sorted(set(own) ^ set(held)) + [k for k in own if k in held and own[k].shape != held[k].shape]
     if bad:
         raise CheckpointError(f"{source} holds other weights than the configured model ({_describe(wanted)}): "

@@ -22,7 +22,6 @@ class PromptMethod(nn.Module):
     def __init__(self, cfg: ModelConfig, layout: dict[str, dict[str, int]]) -> None:
         """layout: stream name -> {side name: width} of the backbone (mdpl.model.vilt / clip)."""
         super().__init__()
-        self.layout = layout
 
     def prepare(self, missing_type: Tensor, streams: list[Stream]) -> dict:
         return {}

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mdpl.model.config import ModelConfig
+from mdpl.model.layers import Bottleneck
 from mdpl.model.prompts.base import PromptMethod
 from mdpl.model.stream import Stream
 
@@ -58,8 +59,8 @@ class PromptAttention(nn.Module):
         return self.out_proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
 
 
-def _mlp(dim: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, dim // 16), nn.GELU(), nn.Linear(dim // 16, out))
+def _mlp(dim: int, out: int) -> Bottleneck:
+    return Bottleneck(dim, dim // 16, out)
 
 
 class DCPPrompts(PromptMethod):

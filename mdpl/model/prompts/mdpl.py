@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mdpl.model.config import ModelConfig
 from mdpl.model.heads import init_weights
+from mdpl.model.layers import Bottleneck
 from mdpl.model.prompts.base import PromptMethod
 from mdpl.model.stream import Side, Stream
 
@@ -53,13 +54,6 @@ class PromptMemory(nn.Module):
         r = (q[:, None, :] * k[idx]).sum(-1)  # recomputed in fp32 (elementwise ops are not autocast)
         w = r.softmax(dim=1)
         return (w[:, :, None, None] * self.prompt_memory[idx].to(dtype)).sum(1)
-
-
-class Bottleneck(nn.Sequential):
-    """Linear(D_in, D_in/16) -> GELU -> Linear(D_in/16, D_out), no residual. Names 0 and 2 as official."""
-
-    def __init__(self, dim: int, hidden: int, out: int) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
 def shared_prompts(
